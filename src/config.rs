@@ -1,0 +1,73 @@
+//! Model configuration: plain values with defaults, shared by every device.
+
+use serde::{Deserialize, Serialize};
+
+/// Which classification head and loss the model trains with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// One logit, sigmoid + binary cross-entropy.
+    Bce,
+    /// Two logits, softmax cross-entropy.
+    Ce,
+}
+
+impl Loss {
+    /// Number of head outputs (logits per review).
+    pub fn outputs(self) -> usize {
+        match self {
+            Loss::Bce => 1,
+            Loss::Ce => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Bce => "bce",
+            Loss::Ce => "ce",
+        }
+    }
+}
+
+/// The shape of the encoder classifier (see docs/design.md for the parameter layout).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Vocabulary size V (cl100k_base: 100,277).
+    pub vocab: usize,
+    /// Width C.
+    pub d_model: usize,
+    /// Number of encoder blocks L.
+    pub n_layer: usize,
+    /// Number of attention heads NH (C % NH == 0).
+    pub n_head: usize,
+    /// FFN hidden width, 4C by default.
+    pub d_ff: usize,
+    /// Longest sequence T the model is run at.
+    pub max_len: usize,
+    /// Dropout probability on the embedding output and on each residual branch.
+    pub dropout: f32,
+    pub loss: Loss,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head
+    }
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.vocab > 0, "vocab must be positive");
+        anyhow::ensure!(self.d_model > 0 && self.n_head > 0, "width and heads must be positive");
+        anyhow::ensure!(
+            self.d_model % self.n_head == 0,
+            "width {} is not a multiple of the number of heads {}",
+            self.d_model,
+            self.n_head
+        );
+        anyhow::ensure!(self.d_ff > 0, "FFN width must be positive");
+        anyhow::ensure!(self.max_len > 0, "max length must be positive");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout must be in [0, 1), got {}",
+            self.dropout
+        );
+        Ok(())
+    }
+}

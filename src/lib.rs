@@ -1,0 +1,6 @@
+//! cudaenc: train small transformer text classifiers where every compute step is a
+//! hand-written CUDA kernel. See README.md for the map of the crate.
+
+pub mod config;
+pub mod rng;
+pub mod reference;
