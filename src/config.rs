@@ -71,3 +71,20 @@ impl ModelConfig {
         Ok(())
     }
 }
+
+/// Optimizer settings for one training step (AdamW with clipping).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Clip the global gradient L2 norm to this value (0 or less: no clipping).
+    pub grad_clip: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig { weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, grad_clip: 1.0 }
+    }
+}

@@ -1,0 +1,3 @@
+//! Training: the device-independent loop drives an `Engine`.
+
+pub mod engine;
