@@ -1,3 +1,7 @@
 //! Training: the device-independent loop drives an `Engine`.
 
 pub mod engine;
+pub mod metrics;
+pub mod plots;
+pub mod schedule;
+pub mod stats;

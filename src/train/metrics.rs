@@ -1,0 +1,45 @@
+//! What one epoch of one run measured; written as one JSON line per epoch.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (with dropout).
+    pub train_loss: f64,
+    /// Training accuracy in percent, counted during the epoch (with dropout).
+    pub train_acc: f64,
+    /// Validation loss and accuracy in percent, after the epoch (no dropout).
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Accuracy on the whole test split, when it was evaluated.
+    pub test_acc: Option<f64>,
+    /// Wall-clock seconds of the epoch's training steps (evaluation excluded).
+    pub train_seconds: f64,
+    /// Valid (unpadded) training tokens per second.
+    pub tokens_per_second: f64,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+}
+
+/// The epochs of one run, with the settings that tell the runs apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub loss: crate::config::Loss,
+    pub seed: u64,
+    pub epochs: Vec<EpochMetrics>,
+}
+
+impl RunRecord {
+    pub fn last(&self) -> Option<&EpochMetrics> {
+        self.epochs.last()
+    }
+    /// The epoch with the highest validation accuracy (the first of equals).
+    pub fn best(&self) -> Option<&EpochMetrics> {
+        self.epochs.iter().fold(None, |best: Option<&EpochMetrics>, e| match best {
+            Some(b) if b.val_acc >= e.val_acc => Some(b),
+            _ => Some(e),
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! The paper's figures as SVG files: a box plot of the runs' validation accuracies
+//! per loss, and training/validation accuracy per epoch for the best run of each loss.
+
+use super::metrics::RunRecord;
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing failed: {e:?}")
+}
+
+/// Accuracy range that holds every value with a margin, in whole points.
+fn y_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f32> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    if !lo.is_finite() {
+        return 0.0..100.0;
+    }
+    ((lo - 1.0).floor().max(0.0) as f32)..((hi + 1.0).ceil().min(100.0) as f32)
+}
+
+/// Box plot: one box per group (label, validation accuracies of its runs).
+pub fn box_plot(path: &Path, title: &str, groups: &[(String, Vec<f64>)]) -> Result<()> {
+    let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
+    let range = y_range(groups.iter().flat_map(|(_, v)| v.iter().copied()));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(labels.into_segmented(), range)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .y_desc("validation accuracy (%)")
+        .disable_x_mesh()
+        .draw()
+        .map_err(plot_err)?;
+    for (i, (label, values)) in groups.iter().enumerate() {
+        let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        let quartiles = Quartiles::new(&v);
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(std::iter::once(
+                Boxplot::new_vertical(SegmentValue::CenterOf(label), &quartiles).style(color),
+            ))
+            .map_err(plot_err)?;
+        // every run as a dot, so five runs are not hidden behind a box
+        chart
+            .draw_series(v.iter().map(|&y| Circle::new((SegmentValue::CenterOf(label), y), 3, color.filled())))
+            .map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Training and validation accuracy per epoch for each given run (one color per run,
+/// solid validation, dashed-looking thin training line).
+pub fn accuracy_curves(path: &Path, title: &str, runs: &[(String, &RunRecord)]) -> Result<()> {
+    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let epochs = runs.iter().map(|(_, r)| r.epochs.len()).max().unwrap_or(1).max(1);
+    let range = y_range(
+        runs.iter().flat_map(|(_, r)| r.epochs.iter().flat_map(|e| [e.train_acc, e.val_acc])),
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.5f32..epochs as f32 + 0.5, range)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("accuracy (%)")
+        .draw()
+        .map_err(plot_err)?;
+    for (i, (label, run)) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts = |f: fn(&super::metrics::EpochMetrics) -> f64| {
+            run.epochs.iter().map(move |e| (e.epoch as f32, f(e) as f32)).collect::<Vec<_>>()
+        };
+        chart
+            .draw_series(LineSeries::new(pts(|e| e.val_acc), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(format!("{label} validation"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(pts(|e| e.train_acc), color.mix(0.5).stroke_width(1)))
+            .map_err(plot_err)?
+            .label(format!("{label} train"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.mix(0.5)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loss;
+    use crate::train::metrics::EpochMetrics;
+
+    fn run(acc: &[f64]) -> RunRecord {
+        let epochs = acc
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| EpochMetrics {
+                epoch: i + 1,
+                train_loss: 0.5,
+                train_acc: a + 2.0,
+                val_loss: 0.4,
+                val_acc: a,
+                test_acc: None,
+                train_seconds: 1.0,
+                tokens_per_second: 1e5,
+                lr: 1e-3,
+            })
+            .collect();
+        RunRecord { loss: Loss::Bce, seed: 1, epochs }
+    }
+
+    #[test]
+    fn figures_are_written_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = dir.path().join("box.svg");
+        box_plot(&boxes, "runs", &[("BCE".into(), vec![85.0, 86.0, 86.5]), ("CE".into(), vec![84.0, 86.6])]).unwrap();
+        let svg = std::fs::read_to_string(&boxes).unwrap();
+        assert!(svg.contains("BCE") && svg.contains("CE") && svg.contains("<circle"), "box plot content");
+        let curves = dir.path().join("curves.svg");
+        let (a, b) = (run(&[80.0, 85.0, 86.0]), run(&[81.0, 84.0]));
+        accuracy_curves(&curves, "best runs", &[("BCE".into(), &a), ("CE".into(), &b)]).unwrap();
+        let svg = std::fs::read_to_string(&curves).unwrap();
+        assert!(svg.contains("BCE validation") && svg.contains("CE train"));
+        assert_eq!(a.best().unwrap().epoch, 3);
+    }
+}
