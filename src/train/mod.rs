@@ -1,5 +1,6 @@
 //! Training: the device-independent loop drives an `Engine`.
 
+pub mod checkpoint;
 pub mod engine;
 pub mod metrics;
 pub mod plots;

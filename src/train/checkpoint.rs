@@ -1,0 +1,149 @@
+//! Checkpoints in safetensors: every parameter tensor under its layout name (so other
+//! tools can load the model), the AdamW moments under `adamw_m.` / `adamw_v.` prefixes,
+//! and string metadata (configuration, step, epoch). Written atomically: a temporary
+//! file renamed into place, so an interrupted write never leaves a half checkpoint.
+
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Where one named tensor sits in the flat parameter buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+impl TensorSlot {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Parameters, optimizer moments (empty when absent) and metadata of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Checkpoint {
+    pub params: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn total_len(slots: &[TensorSlot]) -> usize {
+    slots.iter().map(|s| s.offset + s.len()).max().unwrap_or(0)
+}
+
+/// Write `ckpt` to `path` with the tensors named by `slots`.
+pub fn save(path: &Path, slots: &[TensorSlot], ckpt: &Checkpoint) -> Result<()> {
+    let n = total_len(slots);
+    ensure!(ckpt.params.len() == n, "checkpoint has {} parameters, layout needs {n}", ckpt.params.len());
+    let with_moments = !ckpt.adam_m.is_empty();
+    if with_moments {
+        ensure!(ckpt.adam_m.len() == n && ckpt.adam_v.len() == n, "optimizer moments do not match the layout");
+    }
+    let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
+    let mut buffers: Vec<(&str, &[f32])> = vec![("", &ckpt.params)];
+    if with_moments {
+        buffers.push(("adamw_m.", &ckpt.adam_m));
+        buffers.push(("adamw_v.", &ckpt.adam_v));
+    }
+    for (prefix, buf) in buffers {
+        for s in slots {
+            let bytes: &[u8] = bytemuck::cast_slice(&buf[s.offset..s.offset + s.len()]);
+            views.push((format!("{prefix}{}", s.name), TensorView::new(Dtype::F32, s.shape.clone(), bytes)?));
+        }
+    }
+    let meta: HashMap<String, String> = ckpt.metadata.clone().into_iter().collect();
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, &Some(meta), &tmp)
+        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint into {}", path.display()))?;
+    Ok(())
+}
+
+/// Read a checkpoint written by [`save`] for the layout `slots`; every tensor must be
+/// present with its shape, or the error says which is not.
+pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let metadata: BTreeMap<String, String> =
+        header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let n = total_len(slots);
+    let read = |prefix: &str| -> Result<Option<Vec<f32>>> {
+        let mut out = vec![0f32; n];
+        for (i, s) in slots.iter().enumerate() {
+            let name = format!("{prefix}{}", s.name);
+            let t = match st.tensor(&name) {
+                Ok(t) => t,
+                Err(_) if i == 0 && !prefix.is_empty() => return Ok(None),
+                Err(_) => bail!("checkpoint {} has no tensor {name}", path.display()),
+            };
+            ensure!(t.dtype() == Dtype::F32, "tensor {name} is {:?}, expected F32", t.dtype());
+            ensure!(t.shape() == s.shape.as_slice(), "tensor {name} has shape {:?}, expected {:?}", t.shape(), s.shape);
+            // the data may be unaligned inside the file buffer: copy bytewise
+            let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out[s.offset..s.offset + s.len()]);
+            dst.copy_from_slice(t.data());
+        }
+        Ok(Some(out))
+    };
+    let params = read("")?.context("checkpoint has no parameters")?;
+    let adam_m = read("adamw_m.")?.unwrap_or_default();
+    let adam_v = read("adamw_v.")?.unwrap_or_default();
+    ensure!(adam_m.len() == adam_v.len(), "checkpoint has only one of the two AdamW moments");
+    Ok(Checkpoint { params, adam_m, adam_v, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots() -> Vec<TensorSlot> {
+        vec![
+            TensorSlot { name: "wte".into(), shape: vec![3, 2], offset: 0 },
+            TensorSlot { name: "head_b".into(), shape: vec![1], offset: 6 },
+        ]
+    }
+
+    #[test]
+    fn round_trip_with_and_without_moments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let mut ckpt = Checkpoint {
+            params: (0..7).map(|i| i as f32 * 0.5).collect(),
+            adam_m: vec![1.0; 7],
+            adam_v: vec![2.0; 7],
+            metadata: [("step".to_string(), "12".to_string())].into(),
+        };
+        save(&path, &slots(), &ckpt).unwrap();
+        assert_eq!(load(&path, &slots()).unwrap(), ckpt);
+        assert!(!path.with_extension("safetensors.tmp").exists(), "temporary file is gone");
+        ckpt.adam_m.clear();
+        ckpt.adam_v.clear();
+        save(&path, &slots(), &ckpt).unwrap();
+        assert_eq!(load(&path, &slots()).unwrap(), ckpt);
+    }
+
+    #[test]
+    fn wrong_layout_or_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let ckpt = Checkpoint { params: vec![0.0; 7], ..Default::default() };
+        save(&path, &slots(), &ckpt).unwrap();
+        let mut other = slots();
+        other[0].shape = vec![2, 3];
+        let err = load(&path, &other).unwrap_err().to_string();
+        assert!(err.contains("wte") && err.contains("shape"), "{err}");
+        other[0].name = "missing".into();
+        assert!(load(&path, &other).unwrap_err().to_string().contains("no tensor missing"));
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        assert!(load(&path, &slots()).is_err());
+        assert!(save(&path, &slots(), &Checkpoint { params: vec![0.0; 3], ..Default::default() }).is_err());
+    }
+}
