@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod plots;
 pub mod schedule;
 pub mod stats;
+pub mod trainer;
