@@ -348,10 +348,8 @@ std::string resolve_warp(Worker* w, unsigned n, unsigned idx) {
             default: break;
         }
         if (a.op <= OP_SHFL_XOR) {
-            if (src < 0 || src >= 32 || !(mask >> src & 1))
-                return fmt("%s: lane %u reads lane %d, which is not in mask 0x%08x (%s)", op_name(a.op), l, src, mask,
-                           where(g).c_str());
-            g.result = fs[base + src].val;
+            // reading a lane outside the mask is undefined in CUDA: poison (NaN as float)
+            g.result = (src >= 0 && src < 32 && (mask >> src & 1)) ? fs[base + src].val : ~0ull;
         } else if (a.op == OP_BALLOT) {
             g.result = ballot;
         } else if (a.op == OP_ANY) {
