@@ -6,3 +6,6 @@ pub mod model;
 pub mod rng;
 pub mod train;
 pub mod reference;
+pub mod cli;
+pub mod device;
+pub mod ops;

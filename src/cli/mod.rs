@@ -1,0 +1,3 @@
+//! Subcommands: one file each, `pub struct Args` + `pub fn run(args) -> anyhow::Result<()>`.
+
+pub mod info;

@@ -1,0 +1,106 @@
+//! layernorm_forward / layernorm_backward kernels vs the f64 CPU reference, on emu
+//! (both fiber orders) and on cuda when present. Tolerance: relative error 1e-5.
+mod common;
+
+use common::{devices, max_rel_err, to_f32, to_f64};
+use cudaenc::device::Gpu;
+use cudaenc::ops::layernorm::{layernorm_backward, layernorm_forward};
+use cudaenc::reference::layernorm as reference;
+use cudaenc::rng::SplitMix64;
+
+const TOL: f64 = 1e-5;
+/// (N, C): C = 1; not a multiple of 32; wider than a block (256); many rows.
+const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 1), (2, 33), (5, 384), (3, 1500), (257, 64), (257, 100)];
+
+fn check(what: &str, dev: &str, n: usize, c: usize, got: &[f32], want: &[f64]) -> f64 {
+    let (e, i) = max_rel_err(got, want);
+    println!("  {dev:<22} N={n:<4} C={c:<5} {what:<8} max rel err {e:.2e} (at {i}: got {} want {})", got[i], want[i]);
+    e
+}
+
+fn run_shape(gpu: &Gpu, n: usize, c: usize) -> anyhow::Result<f64> {
+    let mut rng = SplitMix64::new(1000 * n as u64 + c as u64);
+    // f32 inputs; the reference runs in f64 on exactly these values
+    let inp = to_f32(&rng.normal_vec(n * c, 1.0));
+    let weight = to_f32(&rng.normal_vec(c, 1.0));
+    let bias = to_f32(&rng.normal_vec(c, 1.0));
+    let dout = to_f32(&rng.normal_vec(n * c, 1.0));
+    let dinp0 = to_f32(&rng.normal_vec(n * c, 1.0)); // accumulates: start non-zero
+    let dw0 = to_f32(&rng.normal_vec(c, 1.0));
+    let db0 = to_f32(&rng.normal_vec(c, 1.0));
+
+    let (mut out_r, mut mean_r, mut rstd_r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    reference::layernorm_forward(&mut out_r, &mut mean_r, &mut rstd_r, &to_f64(&inp), &to_f64(&weight), &to_f64(&bias), n, c);
+    let (mut dinp_r, mut dw_r, mut db_r) = (to_f64(&dinp0), to_f64(&dw0), to_f64(&db0));
+    reference::layernorm_backward(
+        &mut dinp_r, &mut dw_r, &mut db_r, &to_f64(&dout), &to_f64(&inp), &to_f64(&weight), &mean_r, &rstd_r, n, c,
+    );
+
+    let d_inp = gpu.upload(&inp)?;
+    let d_w = gpu.upload(&weight)?;
+    let d_b = gpu.upload(&bias)?;
+    let d_out = gpu.zeros::<f32>(n * c)?;
+    let d_mean = gpu.zeros::<f32>(n)?;
+    let d_rstd = gpu.zeros::<f32>(n)?;
+    layernorm_forward(gpu, &d_out, &d_mean, &d_rstd, &d_inp, &d_w, &d_b, n, c)?;
+    let dev = gpu.name();
+    let mut worst = 0.0f64;
+    worst = worst.max(check("out", &dev, n, c, &gpu.download(&d_out)?, &out_r));
+    worst = worst.max(check("mean", &dev, n, c, &gpu.download(&d_mean)?, &mean_r));
+    worst = worst.max(check("rstd", &dev, n, c, &gpu.download(&d_rstd)?, &rstd_r));
+
+    // backward from the kernel's own mean/rstd (as training does)
+    let d_dout = gpu.upload(&dout)?;
+    let d_dinp = gpu.upload(&dinp0)?;
+    let d_dw = gpu.upload(&dw0)?;
+    let d_db = gpu.upload(&db0)?;
+    layernorm_backward(gpu, &d_dinp, &d_dw, &d_db, &d_dout, &d_inp, &d_w, &d_mean, &d_rstd, n, c)?;
+    let (dinp, dw, db) = (gpu.download(&d_dinp)?, gpu.download(&d_dw)?, gpu.download(&d_db)?);
+    worst = worst.max(check("dinp", &dev, n, c, &dinp, &dinp_r));
+    worst = worst.max(check("dweight", &dev, n, c, &dw, &dw_r));
+    worst = worst.max(check("dbias", &dev, n, c, &db, &db_r));
+
+    // determinism: a rerun from the same starting values is bit-identical
+    gpu.write(&d_dinp, &dinp0)?;
+    gpu.write(&d_dw, &dw0)?;
+    gpu.write(&d_db, &db0)?;
+    layernorm_backward(gpu, &d_dinp, &d_dw, &d_db, &d_dout, &d_inp, &d_w, &d_mean, &d_rstd, n, c)?;
+    anyhow::ensure!(gpu.download(&d_dinp)? == dinp, "{dev}: dinp differs on rerun");
+    anyhow::ensure!(gpu.download(&d_dw)? == dw && gpu.download(&d_db)? == db, "{dev}: dweight/dbias differ on rerun");
+    Ok(worst)
+}
+
+#[test]
+fn layernorm_matches_f64_reference() {
+    let mut failures = Vec::new();
+    for gpu in devices("layernorm") {
+        for &(n, c) in SHAPES {
+            match run_shape(&gpu, n, c) {
+                Ok(e) if e <= TOL => {}
+                Ok(e) => failures.push(format!("{} N={n} C={c}: max rel err {e:.2e} > {TOL:.0e}", gpu.name())),
+                Err(e) => failures.push(format!("{} N={n} C={c}: {e:#}", gpu.name())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "layernorm failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn layernorm_wrong_arguments_are_errors_naming_the_kernel() {
+    for gpu in devices("layernorm arg check") {
+        let x = gpu.zeros::<f32>(4).unwrap();
+        // one argument short
+        let e = gpu.launch("layernorm_forward", 1u32, 32u32, 0, &[x.arg(), x.arg(), x.arg(), x.arg(), x.arg(), x.arg(), 1i32.into()]);
+        let msg = format!("{:#}", e.expect_err("7 arguments to an 8-parameter kernel must fail"));
+        println!("{}: {msg}", gpu.name());
+        assert!(msg.contains("layernorm_forward"), "error must name the kernel: {msg}");
+        // a float where an int goes
+        let e = gpu.launch("layernorm_forward", 1u32, 32u32, 0, &[x.arg(), x.arg(), x.arg(), x.arg(), x.arg(), x.arg(), 1i32.into(), 4.0f32.into()]);
+        let msg = format!("{:#}", e.expect_err("f32 for int must fail"));
+        assert!(msg.contains("layernorm_forward") && msg.contains("argument 7"), "{msg}");
+        // an unknown kernel
+        let e = gpu.launch("layernorm_sideways", 1u32, 32u32, 0, &[]);
+        let msg = format!("{:#}", e.expect_err("unknown kernel must fail"));
+        assert!(msg.contains("layernorm_sideways"), "{msg}");
+    }
+}
