@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;
+pub mod engine;
 pub mod gelu;
 pub mod gradcheck;
 pub mod gradnorm;
