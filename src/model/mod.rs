@@ -2,5 +2,7 @@
 //! the `Engine` trait through which the trainer drives one device's model.
 
 pub mod batch;
+pub mod params;
 
 pub use batch::Batch;
+pub use params::{init_params, ParamLayout, ParamTensor};
