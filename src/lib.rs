@@ -1,7 +1,9 @@
 //! cudaenc: train small transformer text classifiers where every compute step is a
 //! hand-written CUDA kernel. See README.md for the map of the crate.
 
+pub mod cli;
 pub mod config;
+pub mod data;
 pub mod model;
 pub mod rng;
 pub mod train;

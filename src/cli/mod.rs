@@ -1,0 +1,3 @@
+//! Subcommands: one file per command, each with `pub struct Args` and `pub fn run`.
+
+pub mod data;
