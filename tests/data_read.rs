@@ -5,7 +5,7 @@ use cudaenc::data::Part;
 use data_common::*;
 
 fn err_of(r: anyhow::Result<cudaenc::data::RawCorpus>) -> String {
-    format!("{:#}", r.err().expect("expected an error"))
+    format!("{:#}", r.expect_err("expected an error"))
 }
 
 #[test]
