@@ -1,11 +1,12 @@
 //! cudaenc: train small transformer text classifiers where every compute step is a
 //! hand-written CUDA kernel. See README.md for the map of the crate.
 
+pub mod cli;
 pub mod config;
+pub mod data;
+pub mod device;
 pub mod model;
+pub mod ops;
+pub mod reference;
 pub mod rng;
 pub mod train;
-pub mod reference;
-pub mod cli;
-pub mod device;
-pub mod ops;

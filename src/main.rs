@@ -14,11 +14,14 @@ struct Cli {
 enum Cmd {
     /// Show the build's nvcc and PTX arch, the CUDA driver and GPU, and the emulator
     Info(cli::info::Args),
+    /// Statistics of a data source: counts, token lengths, reviews per movie, padding
+    Data(cli::data::Args),
 }
 
 fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Info(a) => cli::info::run(a),
+        Cmd::Data(a) => cli::data::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
