@@ -1,0 +1,199 @@
+//! `cudaenc experiment`: the paper's protocol. N runs per loss (default 5 x {BCE, CE},
+//! 10 epochs, seeds 1..=N), all on the same validation sample, then the paper's table
+//! (last and best epoch, labelled), the mean with a 95% confidence interval, the
+//! spread, Welch's t test between the losses, the figures (SVG) and a Markdown report.
+
+use super::setup::{self, DataArgs, Device, HyperArgs, RunConfig};
+use super::train::run_one;
+use crate::config::Loss;
+use crate::device::DeviceKind;
+use crate::train::metrics::RunRecord;
+use crate::train::plots;
+use crate::train::stats::{welch_t_test, Summary};
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Runs per loss
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Losses to compare
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bce,ce")]
+    pub losses: Vec<Loss>,
+    /// Run r of every loss uses seed first_seed + r
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceKind,
+    /// Experiment folder (one run folder per run inside, plus report.md and the figures)
+    #[arg(long, default_value = "runs/experiment")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+}
+
+/// The rows of one table: per loss, a summary of a value taken from each run.
+fn table(title: &str, rows: &[(Loss, Vec<f64>)]) -> String {
+    let mut s = format!("### {title}\n\n| loss | runs | min | mean | median | max | spread | mean ± 95% CI |\n|---|---|---|---|---|---|---|---|\n");
+    for (loss, values) in rows {
+        let m = Summary::of(values);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} ± {} |",
+            loss.name().to_uppercase(),
+            m.n,
+            m.min,
+            m.mean,
+            m.median,
+            m.max,
+            m.spread(),
+            m.mean,
+            if m.ci95.is_finite() { format!("{:.2}", m.ci95) } else { "n/a".into() }
+        );
+    }
+    s
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(!args.losses.is_empty(), "--losses names no loss");
+    let device = Device::open(args.device)?;
+    let demo = setup::is_demo(&args.data);
+    let preset = args.hyper.preset.resolve(demo, device.is_cpu());
+    let h = args.hyper.apply(preset);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let t0 = Instant::now();
+    let mut results: Vec<(Loss, Vec<RunRecord>)> = Vec::new();
+    for &loss in &args.losses {
+        let mut records = Vec::new();
+        for r in 0..args.runs {
+            let seed = args.first_seed + r as u64;
+            // the validation sample depends on --val-seed only; the run seed shuffles training
+            let loaded = setup::load_data(&args.data, seed)?;
+            let config = RunConfig {
+                model: setup::model_config(&h, loaded.vocab, loss)?,
+                train: setup::train_config(&h, seed)?,
+                hyper: h.clone(),
+                preset,
+                data_source: loaded.source.clone(),
+                val_size: loaded.val.len(),
+                val_seed: args.data.val_seed,
+                truncate: args.data.truncate.to_string(),
+                device: device.name(),
+                id_map: loaded.id_map.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let dir = args.out.join(format!("{}-seed{seed}", loss.name()));
+            let label = format!("{} run {}/{}", loss.name().to_uppercase(), r + 1, args.runs);
+            eprintln!("{label}: seed {seed}, {} on {}", dir.display(), device.name());
+            records.push(run_one(&device, &loaded, &config, &dir, false, &label)?);
+        }
+        results.push((loss, records));
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let report = write_report(&args, &h, &device.name(), &results, seconds)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn write_report(
+    args: &Args,
+    h: &setup::Hyper,
+    device: &str,
+    results: &[(Loss, Vec<RunRecord>)],
+    seconds: f64,
+) -> Result<String> {
+    let pick = |f: &dyn Fn(&RunRecord) -> Option<f64>| -> Vec<(Loss, Vec<f64>)> {
+        results.iter().map(|(l, rs)| (*l, rs.iter().filter_map(f).collect())).collect()
+    };
+    let last = pick(&|r| r.last().map(|e| e.val_acc));
+    let best = pick(&|r| r.best().map(|e| e.val_acc));
+    let test = pick(&|r| r.last().and_then(|e| e.test_acc));
+    let mut md = String::new();
+    let _ = writeln!(md, "# cudaenc experiment\n");
+    let _ = writeln!(
+        md,
+        "{} runs per loss, {} epochs, device {device}, data {}, validation sample {} (seed {}), total time {:.1} s.\n",
+        args.runs,
+        h.epochs,
+        args.data.data.as_deref().unwrap_or("(default)"),
+        args.data.val_size,
+        args.data.val_seed,
+        seconds
+    );
+    let _ = writeln!(
+        md,
+        "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}, max len {}, batch {}, lr {}, weight decay {}.\n",
+        h.d_model, h.n_layer, h.n_head, h.d_ff, h.dropout, h.token_drop, h.max_len, h.batch_size, h.lr, h.weight_decay
+    );
+    md += &table("Validation accuracy (%) after the last epoch", &last);
+    md += "\n";
+    md += &table("Validation accuracy (%) at each run's best epoch (chosen on validation: optimistic)", &best);
+    if test.iter().all(|(_, v)| !v.is_empty()) && !test.is_empty() {
+        md += "\n";
+        md += &table("Whole test split accuracy (%) after the last epoch", &test);
+    }
+    if let [(la, a), (lb, b)] = last.as_slice() {
+        md += "\n### Significance (last epoch, Welch's t test)\n\n";
+        match welch_t_test(a, b) {
+            Some(w) => {
+                let _ = writeln!(
+                    md,
+                    "{} - {}: t = {:.3}, {:.1} degrees of freedom, two-sided p = {:.3}{}",
+                    la.name().to_uppercase(),
+                    lb.name().to_uppercase(),
+                    w.t,
+                    w.dof,
+                    w.p_two_sided,
+                    if w.p_two_sided < 0.05 { " (significant at 5%)" } else { " (not significant at 5%)" }
+                );
+            }
+            None => md += "not computable (fewer than two runs per loss, or no variance)\n",
+        }
+    }
+    md += "\n### Runs\n\n| loss | seed | last val acc | best val acc (epoch) | test acc | seconds |\n|---|---|---|---|---|---|\n";
+    for (loss, records) in results {
+        for r in records {
+            let (Some(l), Some(b)) = (r.last(), r.best()) else { continue };
+            let secs: f64 = r.epochs.iter().map(|e| e.train_seconds).sum();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} ({}) | {} | {:.1} |",
+                loss.name().to_uppercase(),
+                r.seed,
+                l.val_acc,
+                b.val_acc,
+                b.epoch,
+                l.test_acc.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into()),
+                secs
+            );
+        }
+    }
+    // figures: box plot of last-epoch accuracies; curves of each loss's best run
+    let groups: Vec<(String, Vec<f64>)> = last.iter().map(|(l, v)| (l.name().to_uppercase(), v.clone())).collect();
+    plots::box_plot(&args.out.join("accuracy_boxplot.svg"), "Validation accuracy after the last epoch", &groups)?;
+    let best_runs: Vec<(String, &RunRecord)> = results
+        .iter()
+        .filter_map(|(l, rs)| {
+            rs.iter()
+                .max_by(|a, b| a.last().map(|e| e.val_acc).partial_cmp(&b.last().map(|e| e.val_acc)).unwrap())
+                .map(|r| (format!("{} seed {}", l.name().to_uppercase(), r.seed), r))
+        })
+        .collect();
+    plots::accuracy_curves(&args.out.join("accuracy_curves.svg"), "Best run of each loss", &best_runs)?;
+    md += "\nFigures: `accuracy_boxplot.svg`, `accuracy_curves.svg`.\n";
+    let json = serde_json::json!({
+        "device": device,
+        "seconds": seconds,
+        "hyper": h,
+        "runs": results.iter().map(|(_, rs)| rs).collect::<Vec<_>>(),
+    });
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(args.out.join("report.md"), &md)?;
+    Ok(md)
+}
