@@ -12,6 +12,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train one model (one loss, one seed) and write a run folder
+    Train(cli::train::Args),
+    /// The paper's protocol: N runs per loss, the table, a significance test, figures
+    Experiment(cli::experiment::Args),
+    /// Accuracy of a run's checkpoint on a data set
+    Eval(cli::eval::Args),
+    /// Label and probability for texts (arguments, --file or standard input)
+    Predict(cli::predict::Args),
     /// Show the build's nvcc and PTX arch, the CUDA driver and GPU, and the emulator
     Info(cli::info::Args),
     /// Statistics of a data source: counts, token lengths, reviews per movie, padding
@@ -20,6 +28,10 @@ enum Cmd {
 
 fn main() {
     let result = match Cli::parse().cmd {
+        Cmd::Train(a) => cli::train::run(a),
+        Cmd::Experiment(a) => cli::experiment::run(a),
+        Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Predict(a) => cli::predict::run(a),
         Cmd::Info(a) => cli::info::run(a),
         Cmd::Data(a) => cli::data::run(a),
     };

@@ -1,4 +1,10 @@
 //! Subcommands: one file each, `pub struct Args` + `pub fn run(args) -> anyhow::Result<()>`.
+//! `setup` holds what train, experiment, eval and predict share.
 
 pub mod data;
+pub mod eval;
+pub mod experiment;
 pub mod info;
+pub mod predict;
+pub mod setup;
+pub mod train;
