@@ -2,6 +2,7 @@
 //! hand-written CUDA kernel. See README.md for the map of the crate.
 
 pub mod config;
+pub mod data;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -1,0 +1,3 @@
+//! Data: IMDB pipeline (another part) and the embedded demo corpus.
+
+pub mod demo;
