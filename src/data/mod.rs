@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod cache;
 pub mod dataset;
+pub mod demo;
 pub mod fetch;
 pub mod fsutil;
 pub mod read;
