@@ -70,7 +70,7 @@ fn check_model_gradient(loss: Loss, dropout: f32) {
             }
         }
         let f = |a: &[Vec<f64>]| vec![loss_of(&cfg, &a[0], &batch, seeds.as_ref())];
-        let report = check_op_gradient_at(f, &[params.clone()], &[1.0], &[grads.clone()], &at);
+        let report = check_op_gradient_at(f, std::slice::from_ref(&params), &[1.0], std::slice::from_ref(&grads), &at);
         let gnorm: f64 = grads[t.range()].iter().map(|g| g * g).sum::<f64>().sqrt();
         println!(
             "model {} dropout {dropout}: {:<12} {:?}: {report}, |grad| {gnorm:.3e} (tol 1e-6)",

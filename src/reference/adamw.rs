@@ -71,7 +71,7 @@ mod tests {
         }
         // first step moves each parameter by about lr * sign(g) (plus decay)
         let mut q = vec![0.0f64; 2];
-        adamw_update(&mut q, &mut vec![0.0; 2], &mut vec![0.0; 2], &[3.0, -1e-3], 0.1, 0.9, 0.999, 1e-8, 0.0, 1.0, 1);
+        adamw_update(&mut q, &mut [0.0; 2], &mut [0.0; 2], &[3.0, -1e-3], 0.1, 0.9, 0.999, 1e-8, 0.0, 1.0, 1);
         assert!((q[0] + 0.1).abs() < 1e-6 && (q[1] - 0.1).abs() < 1e-4, "{q:?}");
     }
 }

@@ -64,7 +64,7 @@ pub fn attention_forward<T: Float>(
                     let inv = T::one() / sum;
                     let o = &mut out_b[i * c + h * hs..i * c + (h + 1) * hs];
                     for (j, r) in row.iter_mut().enumerate() {
-                        *r = *r * inv;
+                        *r *= inv;
                         let v = &qkv_b[j * 3 * c + 2 * c + h * hs..j * 3 * c + 2 * c + (h + 1) * hs];
                         for (od, &vd) in o.iter_mut().zip(v) {
                             *od += *r * vd;

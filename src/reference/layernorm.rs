@@ -64,8 +64,8 @@ pub fn layernorm_backward<T: Float>(
             dnorm_mean += dnorm;
             dnorm_norm_mean += dnorm * norm;
         }
-        dnorm_mean = dnorm_mean * inv_c;
-        dnorm_norm_mean = dnorm_norm_mean * inv_c;
+        dnorm_mean *= inv_c;
+        dnorm_norm_mean *= inv_c;
         let di = &mut dinp[row * c..(row + 1) * c];
         for i in 0..c {
             let norm = (x[i] - m) * s;

@@ -21,7 +21,7 @@ pub fn meanpool_forward<T: Float>(out: &mut [T], inp: &[T], lens: &[u32], b: usi
             }
         }
         let inv = T::one() / T::of(len as f64);
-        o.iter_mut().for_each(|x| *x = *x * inv);
+        o.iter_mut().for_each(|x| *x *= inv);
     }
 }
 

@@ -9,6 +9,9 @@
 //! activation gradients overwrite (`=`), except gradients flowing into the residual
 //! stream, which accumulate (`+=`), because the residual stream has several consumers.
 
+// llm.c-style signatures: outputs, inputs, weights, then sizes
+#![allow(clippy::too_many_arguments)]
+
 pub mod adamw;
 pub mod attention;
 pub mod dropout;
@@ -51,6 +54,10 @@ pub trait Float:
     /// `c (m, n) = alpha * a (m, k) @ b (k, n) + beta * c`, each matrix given by its
     /// slice and its row and column strides (in elements). With `beta == 0` the old
     /// contents of `c` are ignored (may even be NaN).
+    ///
+    /// # Safety
+    /// Every element the strides address must lie inside its allocation, and `c` must
+    /// not overlap `a` or `b`. Use the checked wrapper [`gemm`].
     unsafe fn gemm_raw(
         m: usize, k: usize, n: usize,
         alpha: Self,
