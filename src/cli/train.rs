@@ -69,7 +69,7 @@ pub fn run_one(
     let data = setup::run_data(loaded, &config.hyper, config.truncate.parse().map_err(anyhow::Error::msg)?, config.train.seed);
     let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
     let slots = tensor_slots(&ParamLayout::new(&config.model));
-    let progress = Progress { show_bar: std::io::stderr().is_terminal(), label: label.to_string() };
+    let progress = Progress { show_bar: std::io::stderr().is_terminal(), label: label.to_string(), stop_after: None };
     train_run(engine.as_mut(), config.model.loss, &config.train, &data, &slots, Some(&run_dir), resume, &progress)
 }
 

@@ -1,7 +1,6 @@
 //! Training: the device-independent loop drives an `Engine`.
 
 pub mod checkpoint;
-pub mod cpu_demo;
 pub mod engine;
 pub mod metrics;
 pub mod plots;

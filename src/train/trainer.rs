@@ -133,6 +133,8 @@ impl RunDir {
 pub struct Progress {
     pub show_bar: bool,
     pub label: String,
+    /// Return after this epoch even if the run has more (simulates an interruption).
+    pub stop_after: Option<usize>,
 }
 
 /// Train `engine` for `cfg.epochs` epochs on `data`, writing into `dir` when given.
@@ -261,6 +263,9 @@ pub fn train_run(
             };
             checkpoint::save(&dir.checkpoint_path(), slots, &ckpt)?;
             dir.write_metrics(&record.epochs)?;
+        }
+        if progress.stop_after == Some(epoch) {
+            break;
         }
     }
     Ok(record)
