@@ -63,8 +63,10 @@ pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(!args.losses.is_empty(), "--losses names no loss");
     let device = Device::open(args.device)?;
-    let demo = setup::is_demo(&args.data);
-    let preset = args.hyper.preset.resolve(demo, device.is_cpu());
+    // one load for every run: the validation sample depends on --val-seed only, and each
+    // run's seed reshuffles the training batches
+    let loaded = setup::load_data(&args.data, args.first_seed)?;
+    let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
     let h = args.hyper.apply(preset);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let t0 = Instant::now();
@@ -73,8 +75,6 @@ pub fn run(args: Args) -> Result<()> {
         let mut records = Vec::new();
         for r in 0..args.runs {
             let seed = args.first_seed + r as u64;
-            // the validation sample depends on --val-seed only; the run seed shuffles training
-            let loaded = setup::load_data(&args.data, seed)?;
             let config = RunConfig {
                 model: setup::model_config(&h, loaded.vocab, loss)?,
                 train: setup::train_config(&h, seed)?,
@@ -96,7 +96,8 @@ pub fn run(args: Args) -> Result<()> {
         results.push((loss, records));
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let report = write_report(&args, &h, &device.name(), &results, seconds)?;
+    let source = format!("{} ({} train reviews, validation sample of {}, seed {})", loaded.source, loaded.train.len(), loaded.val.len(), args.data.val_seed);
+    let report = write_report(&args, &h, &device.name(), &source, &results, seconds)?;
     println!("{report}");
     Ok(())
 }
@@ -105,6 +106,7 @@ fn write_report(
     args: &Args,
     h: &setup::Hyper,
     device: &str,
+    source: &str,
     results: &[(Loss, Vec<RunRecord>)],
     seconds: f64,
 ) -> Result<String> {
@@ -118,12 +120,9 @@ fn write_report(
     let _ = writeln!(md, "# cudaenc experiment\n");
     let _ = writeln!(
         md,
-        "{} runs per loss, {} epochs, device {device}, data {}, validation sample {} (seed {}), total time {:.1} s.\n",
+        "{} runs per loss, {} epochs, device {device}, data {source}, total time {:.1} s.\n",
         args.runs,
         h.epochs,
-        args.data.data.as_deref().unwrap_or("(default)"),
-        args.data.val_size,
-        args.data.val_seed,
         seconds
     );
     let _ = writeln!(

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         let ids = truncate.to_vec(&ids);
         let batch = Batch::from_reviews(&[&ids], &[0]);
         let p = engine.predict(&batch)?[0];
-        let label = if p >= 0.5 { "positive" } else { "negative" };
+        let label = if crate::reference::engine::predicted_label(p) == 1 { "positive" } else { "negative" };
         println!("{label}\t{p:.4}\t{}", text.trim());
         shown += 1;
     }

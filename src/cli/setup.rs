@@ -224,7 +224,7 @@ pub struct LoadedData {
 }
 
 /// Number of demo reviews for training and validation.
-pub const DEMO_TRAIN: usize = 4000;
+pub const DEMO_TRAIN: usize = 16000;
 pub const DEMO_VAL: usize = 1000;
 
 /// A review set over token lists (the demo corpus), in the IMDB pipeline's types.
@@ -243,33 +243,51 @@ pub fn is_demo(args: &DataArgs) -> bool {
         || (args.data.is_none() && std::env::var("CUDAENC_DATA").is_ok_and(|v| v == "demo"))
 }
 
-/// Load the data named by `args`; `split_seed` shuffles the training set.
+fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
+    let demo = DemoData::new(val_seed, DEMO_TRAIN, DEMO_VAL, true)?;
+    Ok(LoadedData {
+        source: "demo".into(),
+        train: review_set(&demo.train).shuffled(split_seed),
+        val: review_set(&demo.val),
+        test: None,
+        vocab: demo.vocab,
+        id_map: demo.id_map,
+    })
+}
+
+/// Load the data named by `args`; `split_seed` shuffles the training set. When no
+/// source was named (no --data, no CUDAENC_DATA) and IMDB can be neither found in the
+/// cache nor downloaded, fall back to the embedded demo corpus with a notice.
 pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
     let mut loaded = if is_demo(args) {
-        let demo = DemoData::new(args.val_seed, DEMO_TRAIN, DEMO_VAL, true)?;
-        LoadedData {
-            source: "demo".into(),
-            train: review_set(&demo.train).shuffled(split_seed),
-            val: review_set(&demo.val),
-            test: None,
-            vocab: demo.vocab,
-            id_map: demo.id_map,
-        }
+        demo_data(args.val_seed, split_seed)?
     } else {
         let loc = Locator::from_env()?;
-        let source = loc.resolve(args.data.as_deref())?;
-        if source == DataSource::Demo {
-            bail!("internal: demo source reached the IMDB loader");
-        }
-        let ds = data::load(&source, &data::LoadOptions::cached(&loc.cache_dir))?;
-        let split = data::paper_split(&ds, split_seed, args.val_size, args.val_seed);
-        LoadedData {
-            source: source.to_string(),
-            train: split.train,
-            val: split.val,
-            test: args.full_test.then_some(split.test),
-            vocab: data::tokenize::VOCAB_SIZE as usize,
-            id_map: Vec::new(),
+        let named = args.data.is_some() || std::env::var_os("CUDAENC_DATA").is_some_and(|v| !v.is_empty());
+        match loc.resolve(args.data.as_deref()) {
+            Ok(source) => {
+                if source == DataSource::Demo {
+                    bail!("internal: demo source reached the IMDB loader");
+                }
+                let ds = data::load(&source, &data::LoadOptions::cached(&loc.cache_dir))?;
+                let split = data::paper_split(&ds, split_seed, args.val_size, args.val_seed);
+                LoadedData {
+                    source: source.to_string(),
+                    train: split.train,
+                    val: split.val,
+                    test: args.full_test.then_some(split.test),
+                    vocab: data::tokenize::VOCAB_SIZE as usize,
+                    id_map: Vec::new(),
+                }
+            }
+            Err(e) if !named => {
+                eprintln!(
+                    "notice: IMDB is not available ({e:#}); using the embedded demo corpus instead. \
+                     Give --data PATH or set CUDAENC_DATA to train on IMDB."
+                );
+                demo_data(args.val_seed, split_seed)?
+            }
+            Err(e) => return Err(e),
         }
     };
     if let Some(n) = args.train_subset {

@@ -75,10 +75,9 @@ pub fn run_one(
 
 pub fn run(args: Args) -> Result<()> {
     let device = Device::open(args.device)?;
-    let demo = setup::is_demo(&args.data);
-    let preset = args.hyper.preset.resolve(demo, device.is_cpu());
-    let h = args.hyper.apply(preset);
     let loaded = setup::load_data(&args.data, args.seed)?;
+    let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
+    let h = args.hyper.apply(preset);
     let config = RunConfig {
         model: setup::model_config(&h, loaded.vocab, args.loss)?,
         train: setup::train_config(&h, args.seed)?,

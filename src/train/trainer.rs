@@ -12,6 +12,7 @@ use super::metrics::{EpochMetrics, RunRecord};
 use super::schedule::Schedule;
 use crate::config::{Loss, OptimConfig};
 use crate::model::Batch;
+use crate::reference::engine::predicted_label;
 use crate::rng::SplitMix64;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -56,7 +57,7 @@ pub fn evaluate(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(f64, f64)
         for (&p, &y) in probs.iter().zip(&batch.labels) {
             let p_label = if y == 1 { p as f64 } else { 1.0 - p as f64 };
             loss -= p_label.max(1e-12).ln();
-            correct += usize::from((p >= 0.5) == (y == 1));
+            correct += usize::from(predicted_label(p) == y);
             n += 1;
         }
     }
