@@ -1,4 +1,7 @@
 //! Rust launchers, one per kernel, written once for both devices ([`crate::device::Gpu`]).
 //! Same names and argument order as `kernels/<op>.cu` and `src/reference/<op>.rs`.
 
+pub mod adamw;
+pub mod embedding;
+pub mod gradnorm;
 pub mod layernorm;
