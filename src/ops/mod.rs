@@ -5,3 +5,4 @@ pub mod adamw;
 pub mod embedding;
 pub mod gradnorm;
 pub mod layernorm;
+pub mod matmul;
