@@ -2,3 +2,4 @@
 //! Same names and argument order as `kernels/<op>.cu` and `src/reference/<op>.rs`.
 
 pub mod layernorm;
+pub mod attention;
