@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod embedding;
 pub mod gradnorm;
 pub mod layernorm;
+pub mod attention;
 pub mod matmul;
 pub mod gelu;
 pub mod residual;
