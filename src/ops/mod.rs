@@ -3,3 +3,4 @@
 
 pub mod layernorm;
 pub mod attention;
+pub mod loss;
