@@ -4,3 +4,4 @@
 pub mod layernorm;
 pub mod attention;
 pub mod loss;
+pub mod meanpool;
