@@ -19,3 +19,5 @@ pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
 pub(crate) fn elementwise_grid(n: usize) -> usize {
     crate::device::ceil_div(n, ELEMENTWISE_THREADS as usize).clamp(1, 4096)
 }
+pub mod loss;
+pub mod meanpool;
