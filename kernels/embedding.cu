@@ -1,0 +1,40 @@
+// Token embedding: gather rows of wte by id (forward), deterministic scatter-add into
+// dwte (backward). Reference: src/reference/embedding.rs; launcher: src/ops/embedding.rs.
+#include "cudaenc.cuh"
+
+// out (N,C) <- ids (N), wte (V,C). One thread per element of out; consecutive threads
+// read consecutive columns of one row (coalesced). Ids >= V are rejected by the host;
+// the kernel writes 0 for them rather than read out of bounds.
+extern "C" __global__ void embedding_forward(float* __restrict__ out, const unsigned int* __restrict__ ids,
+                                             const float* __restrict__ wte, int N, int C, int V) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)N * C) return;
+    const int n = (int)(i / C), c = (int)(i % C);
+    const unsigned int id = ids[n];
+    out[i] = id < (unsigned int)V ? wte[(size_t)id * C + c] : 0.0f;
+}
+CUDAENC_REGISTER(embedding_forward)
+
+// dwte (V,C) += <- dout (N,C), ids (N), pos (N): positions stably sorted by id,
+// starts (U): index into pos where each of the U distinct ids' run begins (increasing).
+// Grid U blocks, one per distinct id; threads stride over C. Each column adds its run's
+// rows to dwte in the order of `pos` (increasing position), exactly as the reference
+// does: dwte[id] = ((dwte[id] + d[p0]) + d[p1]) + ... No atomics: every row of dwte is
+// owned by one block, so reruns are bit-identical.
+extern "C" __global__ void embedding_backward(float* __restrict__ dwte, const float* __restrict__ dout,
+                                              const unsigned int* __restrict__ ids,
+                                              const unsigned int* __restrict__ pos,
+                                              const unsigned int* __restrict__ starts, int U, int N, int C) {
+    const int u = blockIdx.x;
+    if (u >= U) return;  // block-uniform
+    const int begin = (int)starts[u];
+    const int end = u + 1 < U ? (int)starts[u + 1] : N;
+    const unsigned int id = ids[pos[begin]];
+    float* row = dwte + (size_t)id * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = row[c];
+        for (int k = begin; k < end; k++) acc += dout[(size_t)pos[k] * C + c];
+        row[c] = acc;
+    }
+}
+CUDAENC_REGISTER(embedding_backward)

@@ -1,0 +1,42 @@
+//! Launcher for `kernels/adamw.cu`; reference: `crate::reference::adamw`.
+
+use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
+use anyhow::{ensure, Result};
+
+const BLOCK: u32 = 256;
+/// At most this many blocks; larger tensors loop (grid stride).
+const MAX_BLOCKS: usize = 4096;
+
+/// params (N), m (N), v (N) updated in place  <-  grads (N). `t` is the 1-based step;
+/// `grad_scale` the clip factor; `weight_decay` 0 for tensors without decay.
+/// Elementwise, so reruns are bit-identical.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(
+    gpu: &Gpu,
+    params: &impl DeviceSlice<f32>,
+    m: &impl DeviceSlice<f32>,
+    v: &impl DeviceSlice<f32>,
+    grads: &impl DeviceSlice<f32>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    grad_scale: f32,
+    t: u64,
+) -> Result<()> {
+    ensure!(t >= 1, "adamw_update: AdamW steps are 1-based");
+    let n = grads.len();
+    ensure!(params.len() == n && m.len() == n && v.len() == n, "adamw_update: params/m/v/grads lengths differ");
+    if n == 0 {
+        return Ok(());
+    }
+    // bias corrections as the reference computes them: in f64, rounded to f32
+    let bc1 = (1.0 - (beta1 as f64).powi(t as i32)) as f32;
+    let bc2 = (1.0 - (beta2 as f64).powi(t as i32)) as f32;
+    let args: [Arg; 13] = [
+        params.arg(), m.arg(), v.arg(), grads.arg(), lr.into(), beta1.into(), beta2.into(), bc1.into(), bc2.into(),
+        eps.into(), weight_decay.into(), grad_scale.into(), n.into(),
+    ];
+    gpu.launch("adamw_update", ceil_div(n, BLOCK as usize).min(MAX_BLOCKS), BLOCK, 0, &args)
+}

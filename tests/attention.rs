@@ -1,0 +1,174 @@
+//! attention_forward / attention_backward kernels vs the f64 CPU reference, on emu (both
+//! fiber orders) and on cuda when present.
+//!
+//! Tolerances (relative error, floor 1e-2 of the tensor's largest |value|, tests/common),
+//! each printed next to what the same CPU reference reaches when run in f32:
+//! - att 1e-5;
+//! - out 5e-5: out_i = sum_j p_ij v_j adds T terms of random sign, so it is ~1/sqrt(T) the
+//!   size of its terms, and the f32 rounding of each score (an absolute error that exp turns
+//!   into a relative error of p) shows up amplified; the f32 CPU reference itself reaches
+//!   3.3e-5 at T=512 (the kernel 3.0e-5);
+//! - dqkv 1e-4: ds_ij = p_ij (dp_ij - D_i) subtracts two f32 sums of T terms that nearly
+//!   cancel, and the kernel starts from its own f32 probabilities (as training does) where
+//!   the reference uses f64 ones (the f32 CPU reference reaches 4.2e-5).
+mod common;
+
+use common::{devices, max_rel_err, to_f32, to_f64};
+use cudaenc::device::Gpu;
+use cudaenc::ops::attention::{attention_backward, attention_forward};
+use cudaenc::reference::attention as reference;
+use cudaenc::rng::SplitMix64;
+
+const TOL_ATT: f64 = 1e-5;
+const TOL_OUT: f64 = 5e-5;
+const TOL_BWD: f64 = 1e-4;
+
+struct Shape {
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    lens: &'static [u32],
+}
+
+/// The real shape (width 384, 6 heads of 64, length 512), and awkward ones: T = 1, T = 257
+/// (not a multiple of the 8-query tile nor the 32-key chunk), head sizes 10, 12, 1 and 128,
+/// a batch whose rows are all padding but one, len 0, len > T (clamped to T).
+const SHAPES: &[Shape] = &[
+    Shape { b: 1, t: 512, c: 384, nh: 6, lens: &[512] },
+    Shape { b: 2, t: 257, c: 30, nh: 3, lens: &[257, 100] },
+    Shape { b: 2, t: 1, c: 64, nh: 2, lens: &[1, 0] },
+    Shape { b: 3, t: 40, c: 30, nh: 3, lens: &[0, 37, 0] },
+    Shape { b: 2, t: 33, c: 12, nh: 1, lens: &[33, 5] },
+    Shape { b: 2, t: 9, c: 3, nh: 3, lens: &[9, 2] },
+    Shape { b: 2, t: 20, c: 256, nh: 2, lens: &[25, 7] },
+    Shape { b: 1, t: 70, c: 384, nh: 6, lens: &[0] },
+];
+
+fn check(what: &str, dev: &str, s: &Shape, got: &[f32], want: &[f64], tol: f64) -> Option<String> {
+    let (e, i) = max_rel_err(got, want);
+    let (b, t, c, nh) = (s.b, s.t, s.c, s.nh);
+    println!(
+        "  {dev:<16} B={b} T={t:<3} C={c:<3} NH={nh} {what:<5} max rel err {e:.2e} (tol {tol:.0e}; at {i}: got {} want {})",
+        got[i], want[i]
+    );
+    (e > tol || e.is_nan()).then(|| format!("{dev} B={b} T={t} C={c} NH={nh} lens={:?}: {what} max rel err {e:.2e} > {tol:.0e}", s.lens))
+}
+
+fn run_shape(gpu: &Gpu, s: &Shape) -> anyhow::Result<Vec<String>> {
+    let (b, t, c, nh) = (s.b, s.t, s.c, s.nh);
+    let mut rng = SplitMix64::new(7919 * t as u64 + 31 * c as u64 + b as u64);
+    // N(0,1): scores of std ~1 (q.k/sqrt(HS)). f32 rounding of a score is an absolute
+    // error that exp turns into a relative error of p, so larger inputs (scores of std ~4
+    // at N(0,2)) measure the conditioning of the problem (~1e-4 in out), not the kernel.
+    let qkv = to_f32(&rng.normal_vec(b * t * 3 * c, 1.0));
+    let dout = to_f32(&rng.normal_vec(b * t * c, 1.0));
+
+    let (mut out_r, mut att_r) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+    reference::attention_forward(&mut out_r, &mut att_r, &to_f64(&qkv), s.lens, b, t, c, nh);
+    let mut dqkv_r = vec![0.0; b * t * 3 * c];
+    reference::attention_backward(&mut dqkv_r, &to_f64(&dout), &to_f64(&qkv), &att_r, s.lens, b, t, c, nh);
+
+    // baseline: the same reference run in f32 (what plain f32 arithmetic reaches)
+    let (mut out32, mut att32) = (vec![0.0f32; b * t * c], vec![0.0f32; b * nh * t * t]);
+    reference::attention_forward(&mut out32, &mut att32, &qkv, s.lens, b, t, c, nh);
+    let mut dqkv32 = vec![0.0f32; b * t * 3 * c];
+    reference::attention_backward(&mut dqkv32, &dout, &qkv, &att32, s.lens, b, t, c, nh);
+    println!(
+        "  f32 CPU reference: out {:.2e} att {:.2e} dqkv {:.2e}",
+        max_rel_err(&out32, &out_r).0,
+        max_rel_err(&att32, &att_r).0,
+        max_rel_err(&dqkv32, &dqkv_r).0
+    );
+
+    let d_qkv = gpu.upload(&qkv)?;
+    let d_lens = gpu.upload(s.lens)?;
+    let d_dout = gpu.upload(&dout)?;
+    // outputs start as NaN: every element must be written (padding included)
+    let d_out = gpu.upload(&vec![f32::NAN; b * t * c])?;
+    let d_att = gpu.upload(&vec![f32::NAN; b * nh * t * t])?;
+    let d_dqkv = gpu.upload(&vec![f32::NAN; b * t * 3 * c])?;
+    attention_forward(gpu, &d_out, &d_att, &d_qkv, &d_lens, b, t, c, nh)?;
+    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_att, &d_lens, b, t, c, nh)?;
+    let (out, att, dqkv) = (gpu.download(&d_out)?, gpu.download(&d_att)?, gpu.download(&d_dqkv)?);
+    let dev = gpu.name();
+    let mut fails: Vec<String> = [
+        check("out", &dev, s, &out, &out_r, TOL_OUT),
+        check("att", &dev, s, &att, &att_r, TOL_ATT),
+        check("dqkv", &dev, s, &dqkv, &dqkv_r, TOL_BWD),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    // padding is exactly zero: out rows and dqkv rows of padded positions, att rows of
+    // padded queries and att columns of padded keys
+    for bi in 0..b {
+        let len = (s.lens[bi] as usize).min(t);
+        for ti in len..t {
+            if out[(bi * t + ti) * c..(bi * t + ti + 1) * c].iter().any(|&x| x != 0.0)
+                || dqkv[(bi * t + ti) * 3 * c..(bi * t + ti + 1) * 3 * c].iter().any(|&x| x != 0.0)
+            {
+                fails.push(format!("{dev} B={b} T={t} C={c}: padded position b={bi} t={ti} not exactly 0"));
+            }
+        }
+        for h in 0..nh {
+            for i in 0..t {
+                let row = &att[((bi * nh + h) * t + i) * t..((bi * nh + h) * t + i + 1) * t];
+                let from = if i < len { len } else { 0 };
+                if row[from..].iter().any(|&x| x != 0.0) {
+                    fails.push(format!("{dev} B={b} T={t} C={c}: att b={bi} h={h} i={i} not 0 beyond column {from}"));
+                }
+            }
+        }
+    }
+
+    // determinism: reruns from NaN-filled outputs are bit-identical
+    gpu.write(&d_out, &vec![f32::NAN; b * t * c])?;
+    gpu.write(&d_att, &vec![f32::NAN; b * nh * t * t])?;
+    gpu.write(&d_dqkv, &vec![f32::NAN; b * t * 3 * c])?;
+    attention_forward(gpu, &d_out, &d_att, &d_qkv, &d_lens, b, t, c, nh)?;
+    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_att, &d_lens, b, t, c, nh)?;
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    if !same(&gpu.download(&d_out)?, &out) || !same(&gpu.download(&d_att)?, &att) {
+        fails.push(format!("{dev} B={b} T={t} C={c}: forward differs on rerun"));
+    }
+    if !same(&gpu.download(&d_dqkv)?, &dqkv) {
+        fails.push(format!("{dev} B={b} T={t} C={c}: dqkv differs on rerun"));
+    }
+    Ok(fails)
+}
+
+#[test]
+fn attention_matches_f64_reference() {
+    let mut failures = Vec::new();
+    for gpu in devices("attention") {
+        for s in SHAPES {
+            let t0 = std::time::Instant::now();
+            match run_shape(&gpu, s) {
+                Ok(f) => failures.extend(f),
+                Err(e) => failures.push(format!("{} B={} T={} C={}: {e:#}", gpu.name(), s.b, s.t, s.c)),
+            }
+            println!("  {} T={} C={}: {:.2} s", gpu.name(), s.t, s.c, t0.elapsed().as_secs_f64());
+        }
+    }
+    assert!(failures.is_empty(), "attention failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn attention_rejects_wrong_shapes() {
+    let gpu = Gpu::emu();
+    let (b, t, c, nh) = (1, 5, 8, 2);
+    let x = gpu.zeros::<f32>(b * t * 3 * c).unwrap();
+    let o = gpu.zeros::<f32>(b * t * c).unwrap();
+    let att = gpu.zeros::<f32>(b * nh * t * t).unwrap();
+    let lens = gpu.upload(&[5u32]).unwrap();
+    assert!(attention_forward(&gpu, &o, &att, &x, &lens, b, t, c, 3).is_err(), "C not a multiple of NH");
+    assert!(attention_forward(&gpu, &o, &o, &x, &lens, b, t, c, nh).is_err(), "att too short");
+    assert!(attention_backward(&gpu, &o, &o, &x, &att, &lens, b, t, c, nh).is_err(), "dqkv too short");
+    // T so long that the scores row no longer fits 48 KiB of shared memory
+    let t = 2000;
+    let r = attention_forward(&gpu, &gpu.zeros::<f32>(t * c).unwrap(), &gpu.zeros::<f32>(nh * t * t).unwrap(),
+        &gpu.zeros::<f32>(t * 3 * c).unwrap(), &lens, 1, t, c, nh);
+    assert!(format!("{:#}", r.expect_err("too long")).contains("shared memory"));
+}

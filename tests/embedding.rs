@@ -1,0 +1,149 @@
+//! embedding_forward / embedding_backward kernels vs the CPU reference, on emu (both fiber
+//! orders) and on cuda when present.
+//! Tolerances: forward is a gather, so it must be exact (bit-identical to the reference);
+//! backward within relative error 1e-5 of the f64 reference, and bit-identical to the
+//! f32 reference (same summation order), and to itself on a rerun.
+mod common;
+
+use common::{devices, max_rel_err, to_f64};
+use cudaenc::device::Gpu;
+use cudaenc::ops::embedding::{embedding_backward, embedding_forward, upload_embedding_order};
+use cudaenc::reference::embedding as reference;
+use cudaenc::rng::SplitMix64;
+
+const TOL: f64 = 1e-5;
+/// (N, C, V): N = 1; C = 1; C not a multiple of 32; heavy repeats (V small); C wider than
+/// a block (256); the real vocabulary (cl100k_base, 100,277) at C = 384 with few tokens.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 384, 5),
+    (7, 5, 3),
+    (13, 33, 11),
+    (64, 100, 4),
+    (40, 300, 1000),
+    (24, 384, 100_277),
+];
+
+/// Cheap deterministic values in [-1, 1) (the big-vocabulary tensors are 38.5M floats).
+fn pattern(n: usize, salt: u64) -> Vec<f32> {
+    let mut r = SplitMix64::new(salt);
+    (0..n).map(|_| (r.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+}
+
+/// Ids with repeats: half the positions reuse a small pool, the rest are drawn from V,
+/// and the largest id V-1 always appears (the last row of wte).
+fn ids_for(n: usize, v: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
+    let pool: Vec<u32> = (0..3).map(|_| rng.below(v as u64) as u32).collect();
+    let mut ids: Vec<u32> = (0..n)
+        .map(|i| if i % 2 == 0 { pool[rng.below(3) as usize] } else { rng.below(v as u64) as u32 })
+        .collect();
+    ids[n / 2] = (v - 1) as u32;
+    ids
+}
+
+fn run_shape(gpu: &Gpu, n: usize, c: usize, v: usize) -> anyhow::Result<f64> {
+    let dev = gpu.name();
+    let ids = ids_for(n, v, (n * 131 + c * 7 + v) as u64);
+    let wte = pattern(v * c, 1 + v as u64);
+    let dout = pattern(n * c, 2 + n as u64);
+    let dwte0 = pattern(v * c, 3 + c as u64); // accumulates: start non-zero
+
+    // forward: a gather, exact
+    let mut out_r = vec![0.0f32; n * c];
+    reference::embedding_forward(&mut out_r, &ids, &wte, n, c);
+    let d_ids = gpu.upload(&ids)?;
+    let d_wte = gpu.upload(&wte)?;
+    let d_out = gpu.zeros::<f32>(n * c)?;
+    embedding_forward(gpu, &d_out, &d_ids, &d_wte, n, c)?;
+    drop(d_wte);
+    let out = gpu.download(&d_out)?;
+    let bad = out.iter().zip(&out_r).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    println!("  {dev:<22} N={n:<3} C={c:<4} V={v:<6} out      {bad} of {} elements differ (tol: exact)", n * c);
+    anyhow::ensure!(bad == 0, "{dev}: forward is not an exact gather ({bad} differ)");
+
+    // backward vs f64 and f32 references
+    let mut dwte_r64 = to_f64(&dwte0);
+    reference::embedding_backward(&mut dwte_r64, &to_f64(&dout), &ids, n, c);
+    let mut dwte_r32 = dwte0.clone();
+    reference::embedding_backward(&mut dwte_r32, &dout, &ids, n, c);
+    let d_dout = gpu.upload(&dout)?;
+    let d_dwte = gpu.upload(&dwte0)?;
+    let (d_pos, d_starts) = upload_embedding_order(gpu, &ids)?;
+    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c)?;
+    let dwte = gpu.download(&d_dwte)?;
+    let (e, i) = max_rel_err(&dwte, &dwte_r64);
+    let bad32 = dwte.iter().zip(&dwte_r32).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    println!(
+        "  {dev:<22} N={n:<3} C={c:<4} V={v:<6} dwte     max rel err {e:.2e} vs f64 (at {i}: got {} want {}); {bad32} differ from f32 ref",
+        dwte[i], dwte_r64[i]
+    );
+    anyhow::ensure!(bad32 == 0, "{dev}: dwte differs from the f32 reference in {bad32} elements (same order expected)");
+
+    // determinism: rerun from the same start is bit-identical
+    gpu.write(&d_dwte, &dwte0)?;
+    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c)?;
+    let again = gpu.download(&d_dwte)?;
+    anyhow::ensure!(again.iter().zip(&dwte).all(|(a, b)| a.to_bits() == b.to_bits()), "{dev}: dwte differs on rerun");
+    Ok(e)
+}
+
+#[test]
+fn embedding_matches_reference() {
+    let mut failures = Vec::new();
+    for gpu in devices("embedding") {
+        for &(n, c, v) in SHAPES {
+            match run_shape(&gpu, n, c, v) {
+                Ok(e) if e <= TOL => {}
+                Ok(e) => failures.push(format!("{} N={n} C={c} V={v}: max rel err {e:.2e} > {TOL:.0e}", gpu.name())),
+                Err(e) => failures.push(format!("{} N={n} C={c} V={v}: {e:#}", gpu.name())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "embedding failures:\n{}", failures.join("\n"));
+}
+
+/// Many positions of one id (a long run summed by one block) and a padded batch's ids
+/// (padding id 0 repeated): the run order is the position order.
+#[test]
+fn embedding_backward_long_runs_are_deterministic() {
+    for gpu in devices("embedding long runs") {
+        let (n, c, v) = (500, 37, 3);
+        let mut ids = vec![0u32; n];
+        for (i, id) in ids.iter_mut().enumerate().take(40) {
+            *id = (i % 3) as u32;
+        }
+        let dout = pattern(n * c, 9);
+        let d_ids = gpu.upload(&ids).unwrap();
+        let d_dout = gpu.upload(&dout).unwrap();
+        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let d_dwte = gpu.zeros::<f32>(v * c).unwrap();
+            embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c).unwrap();
+            runs.push(gpu.download(&d_dwte).unwrap());
+        }
+        let mut want = vec![0.0f64; v * c];
+        reference::embedding_backward(&mut want, &to_f64(&dout), &ids, n, c);
+        let mut want32 = vec![0.0f32; v * c];
+        reference::embedding_backward(&mut want32, &dout, &ids, n, c);
+        let (e, i) = max_rel_err(&runs[0], &want);
+        // a sequential f32 sum of 474 terms: error bound ~ 474 * 2^-24 = 2.8e-5 of sum |terms|
+        const TOL_LONG: f64 = 1e-4;
+        println!("  {:<22} N={n} C={c} V={v} (run of 474 zeros) dwte max rel err {e:.2e} at {i} (tol {TOL_LONG:.0e})", gpu.name());
+        assert!(e <= TOL_LONG, "{}: {e:.2e}", gpu.name());
+        assert!(runs[0] == want32, "{}: differs from the f32 reference (same order expected)", gpu.name());
+        assert!(runs.windows(2).all(|w| w[0] == w[1]), "{}: reruns differ", gpu.name());
+    }
+}
+
+#[test]
+fn embedding_wrong_shapes_are_errors() {
+    let gpu = common::emu();
+    let ids = gpu.upload(&[0u32, 1]).unwrap();
+    let wte = gpu.zeros::<f32>(2 * 4).unwrap();
+    let out = gpu.zeros::<f32>(2 * 3).unwrap();
+    assert!(embedding_forward(&gpu, &out, &ids, &wte, 2, 4).is_err());
+    let (pos, starts) = upload_embedding_order(&gpu, &[0, 1]).unwrap();
+    assert!(embedding_backward(&gpu, &wte, &out, &ids, &pos, &starts, 2, 4).is_err());
+}
