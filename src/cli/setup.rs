@@ -5,6 +5,7 @@ use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::data::demo::DemoData;
 use crate::data::{self, BatchConfig, BatchPlan, DataSource, Locator, Review, ReviewSet, Truncate, TruncatePolicy};
 use crate::device::{DeviceKind, Gpu};
+use crate::model::gpu::GpuEngine;
 use crate::model::Batch;
 use crate::reference::engine::CpuEngine;
 use crate::train::engine::Engine;
@@ -347,23 +348,27 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
     })
 }
 
-/// A device to train on: the CPU reference, or a kernel device.
+/// A device to train on: the CPU reference, or a kernel device (cuda or emu).
 pub enum Device {
     Cpu,
-    Gpu(Gpu),
+    /// The resolved kind (Cuda or Emu) and its name; each engine opens its own handle.
+    Gpu { kind: DeviceKind, name: String },
 }
 
 impl Device {
     pub fn open(kind: DeviceKind) -> Result<Device> {
         Ok(match Gpu::open(kind)? {
-            Some(gpu) => Device::Gpu(gpu),
+            Some(gpu) => Device::Gpu {
+                kind: if gpu.is_cuda() { DeviceKind::Cuda } else { DeviceKind::Emu },
+                name: gpu.name(),
+            },
             None => Device::Cpu,
         })
     }
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
-            Device::Gpu(g) => g.name(),
+            Device::Gpu { name, .. } => name.clone(),
         }
     }
     pub fn is_cpu(&self) -> bool {
@@ -374,7 +379,10 @@ impl Device {
     pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Box<dyn Engine>> {
         Ok(match self {
             Device::Cpu => Box::new(CpuEngine::new(cfg, optim, seed, seed)?),
-            Device::Gpu(gpu) => bail!("TEMP: the kernel model is not merged yet ({})", gpu.name()),
+            Device::Gpu { kind, .. } => {
+                let gpu = Gpu::open(*kind)?.context("the device went away")?;
+                Box::new(GpuEngine::new(gpu, cfg, optim, seed, seed).context("creating the model on the device")?)
+            }
         })
     }
 }
