@@ -9,6 +9,9 @@ pub fn devices(test: &str) -> Vec<Gpu> {
     let mut v = vec![Gpu::emu_with_order(EmuOrder::Forward), Gpu::emu_with_order(EmuOrder::Reverse)];
     match Gpu::cuda_if_present() {
         Ok(g) => v.push(g),
+        Err(why) if std::env::var_os("CUDAENC_REQUIRE_CUDA").is_some() => {
+            panic!("CUDAENC_REQUIRE_CUDA is set but there is no usable CUDA device: {why}")
+        }
         Err(why) => {
             // straight to stderr: libtest does not capture this, so the skip is always visible
             use std::io::Write;
