@@ -9,3 +9,4 @@ pub mod reference;
 pub mod cli;
 pub mod device;
 pub mod ops;
+pub mod bench;

@@ -14,11 +14,14 @@ struct Cli {
 enum Cmd {
     /// Show the build's nvcc and PTX arch, the CUDA driver and GPU, and the emulator
     Info(cli::info::Args),
+    /// Time the kernels at the model's shapes (GB/s, TFLOP/s, fraction of copy bandwidth)
+    Bench(cli::bench::Args),
 }
 
 fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Info(a) => cli::info::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
