@@ -38,6 +38,9 @@ impl Shapes {
     }
 }
 
+/// Launches a case's kernel once on its own buffers.
+pub type Launch = Box<dyn Fn(&Gpu) -> Result<()>>;
+
 /// A prepared benchmark: `run` launches the kernel once on its own buffers.
 pub struct Case {
     /// Shape in words, e.g. "N=16384 IC=384 OC=1152".
@@ -46,7 +49,7 @@ pub struct Case {
     pub bytes: f64,
     /// Floating-point operations of one launch (0 for memory-bound ops).
     pub flops: f64,
-    pub run: Box<dyn Fn(&Gpu) -> Result<()>>,
+    pub run: Launch,
 }
 
 /// A benchmark's name and its setup.
@@ -97,7 +100,7 @@ fn copy(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let n = if s.n() >= 4096 { 64 << 20 } else { 1 << 20 };
     let (src, dst) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(n)?);
     Ok(Case {
-        shape: format!("{} MiB", n * 4 >> 20),
+        shape: format!("{} MiB", (n * 4) >> 20),
         bytes: 2.0 * F * n as f64,
         flops: 0.0,
         run: Box::new(move |g| launch_copy(g, &dst, &src)),
