@@ -1,6 +1,7 @@
 //! cudaenc: train small transformer text classifiers where every compute step is a
 //! hand-written CUDA kernel. See README.md for the map of the crate.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -24,6 +24,8 @@ enum Cmd {
     Info(cli::info::Args),
     /// Statistics of a data source: counts, token lengths, reviews per movie, padding
     Data(cli::data::Args),
+    /// Time the kernels at the model's shapes (GB/s, TFLOP/s, fraction of copy bandwidth)
+    Bench(cli::bench::Args),
 }
 
 fn main() {
@@ -34,6 +36,7 @@ fn main() {
         Cmd::Predict(a) => cli::predict::run(a),
         Cmd::Info(a) => cli::info::run(a),
         Cmd::Data(a) => cli::data::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

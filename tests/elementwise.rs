@@ -19,7 +19,7 @@ fn check(failures: &mut Vec<String>, what: &str, dev: &str, got: &[f32], want: &
     let (e, i) = max_rel_err(got, want);
     let n = got.len();
     println!("  {dev:<22} N={n:<8} {what:<18} max rel err {e:.2e} tol {TOL:.0e} (at {i}: got {} want {})", got[i], want[i]);
-    if !(e <= TOL) {
+    if e.is_nan() || e > TOL {
         failures.push(format!("{dev} N={n} {what}: max rel err {e:.2e} > {TOL:.0e}"));
     }
 }

@@ -15,6 +15,7 @@ fn opt_arg(x: Option<&impl DeviceSlice<f32>>) -> Arg {
 }
 
 /// out (N, OC)  <-  inp (N, IC), weight (OC, IC), bias (OC) or none.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     gpu: &Gpu,
     out: &impl DeviceSlice<f32>,
