@@ -42,6 +42,8 @@ extern "C" __global__ void test_warp_helpers(float* out, const float* inp) {
     const float s = block_reduce_sum(x, scratch);
     const float m = warp_reduce_max(x);
     const unsigned b = __ballot_sync(0xffffffffu, x > 0.0f);
+    __syncwarp();  // both spellings compile on both devices: no mask, and a mask
+    __syncwarp(0xffffffffu);
     if (threadIdx.x == 0) {
         out[3 * blockIdx.x + 0] = s;
         out[3 * blockIdx.x + 1] = m;

@@ -68,6 +68,13 @@ inline unsigned ballot_sync(const char* f, int l, unsigned m, int p) { return (u
 inline int any_sync(const char* f, int l, unsigned m, int p) { return (int)warp_op(OP_ANY, m, p != 0, 0, 32, f, l); }
 inline int all_sync(const char* f, int l, unsigned m, int p) { return (int)warp_op(OP_ALL, m, p != 0, 0, 32, f, l); }
 inline void syncwarp(const char* f, int l, unsigned m = 0xffffffffu) { warp_op(OP_SYNCWARP, m, 0, 0, 32, f, l); }
+// `__syncwarp()` and `__syncwarp(mask)` both, in strict C++17 (no `, ##__VA_ARGS__`):
+// the macro builds this call site, then calls it with or without the mask.
+struct SyncwarpAt {
+    const char* f;
+    int l;
+    void operator()(unsigned m = 0xffffffffu) const { syncwarp(f, l, m); }
+};
 
 // ---- registration: name, parameter sizes and kinds, a typed trampoline ----
 typedef void (*Trampoline)(void (*fn)(), void** args);
@@ -97,7 +104,7 @@ template <class... A> struct Registrar {
 #define CUDAENC_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cudaenc_emu::dynamic_shared())
 
 #define __syncthreads() ::cudaenc_emu::syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) ::cudaenc_emu::syncwarp(__FILE__, __LINE__, ##__VA_ARGS__)
+#define __syncwarp(...) ::cudaenc_emu::SyncwarpAt{__FILE__, __LINE__}(__VA_ARGS__)
 #define __shfl_sync(...) ::cudaenc_emu::shfl_sync(__FILE__, __LINE__, __VA_ARGS__)
 #define __shfl_up_sync(...) ::cudaenc_emu::shfl_up_sync(__FILE__, __LINE__, __VA_ARGS__)
 #define __shfl_down_sync(...) ::cudaenc_emu::shfl_down_sync(__FILE__, __LINE__, __VA_ARGS__)

@@ -156,6 +156,12 @@ impl Cuda {
         check_args(name, params, args)?;
         let f = self.function(name, module)?;
         self.ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
+        if shared > 48 * 1024 {
+            // above 48 KiB a kernel must opt in to dynamic shared memory (Volta and later)
+            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+            f.set_attribute(MAX_DYN, shared as i32)
+                .map_err(|e| anyhow!("kernel '{name}': {shared} bytes of dynamic shared memory refused: {e:?}"))?;
+        }
         let mut vals: Vec<u64> = args.iter().map(Arg::bits).collect();
         let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         unsafe {
