@@ -84,7 +84,7 @@ impl Preset {
                 batch_size: 32,
                 lr: 3e-3,
                 weight_decay: 0.01,
-                epochs: 8,
+                epochs: 3,
                 ..base
             },
             Preset::Gpu => Hyper {
