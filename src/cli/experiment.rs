@@ -75,19 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut records = Vec::new();
         for r in 0..args.runs {
             let seed = args.first_seed + r as u64;
-            let config = RunConfig {
-                model: setup::model_config(&h, loaded.vocab, loss)?,
-                train: setup::train_config(&h, seed)?,
-                hyper: h.clone(),
-                preset,
-                data_source: loaded.source.clone(),
-                val_size: loaded.val.len(),
-                val_seed: args.data.val_seed,
-                truncate: args.data.truncate.to_string(),
-                device: device.name(),
-                id_map: loaded.id_map.clone(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            };
+            let config = RunConfig::new(&h, preset, &loaded, &args.data, loss, seed, &device)?;
             let dir = args.out.join(format!("{}-seed{seed}", loss.name()));
             let label = format!("{} run {}/{}", loss.name().to_uppercase(), r + 1, args.runs);
             eprintln!("{label}: seed {seed}, {} on {}", dir.display(), device.name());

@@ -406,6 +406,30 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    pub fn new(
+        h: &Hyper,
+        preset: Preset,
+        loaded: &LoadedData,
+        data: &DataArgs,
+        loss: Loss,
+        seed: u64,
+        device: &Device,
+    ) -> Result<RunConfig> {
+        Ok(RunConfig {
+            model: model_config(h, loaded.vocab, loss)?,
+            train: train_config(h, seed)?,
+            hyper: h.clone(),
+            preset,
+            data_source: loaded.source.clone(),
+            val_size: loaded.val.len(),
+            val_seed: data.val_seed,
+            truncate: data.truncate.to_string(),
+            device: device.name(),
+            id_map: loaded.id_map.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
     pub fn read(dir: &std::path::Path) -> Result<RunConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -70,7 +70,12 @@ pub fn run_one(
     let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
     let slots = tensor_slots(&ParamLayout::new(&config.model));
     let progress = Progress { show_bar: std::io::stderr().is_terminal(), label: label.to_string(), stop_after: None };
-    train_run(engine.as_mut(), config.model.loss, &config.train, &data, &slots, Some(&run_dir), resume, &progress)
+    let result = train_run(engine.as_mut(), config.model.loss, &config.train, &data, &slots, Some(&run_dir), resume, &progress);
+    if result.is_err() && !resume && !run_dir.checkpoint_path().exists() {
+        // nothing was trained to keep: leave no half run folder behind
+        let _ = std::fs::remove_dir_all(&run_dir.path);
+    }
+    result
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -78,19 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     let loaded = setup::load_data(&args.data, args.seed)?;
     let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
     let h = args.hyper.apply(preset);
-    let config = RunConfig {
-        model: setup::model_config(&h, loaded.vocab, args.loss)?,
-        train: setup::train_config(&h, args.seed)?,
-        hyper: h,
-        preset,
-        data_source: loaded.source.clone(),
-        val_size: loaded.val.len(),
-        val_seed: args.data.val_seed,
-        truncate: args.data.truncate.to_string(),
-        device: device.name(),
-        id_map: loaded.id_map.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let config = RunConfig::new(&h, preset, &loaded, &args.data, args.loss, args.seed, &device)?;
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", args.loss.name(), args.seed)));
     eprintln!(
         "training {} on {} | data {} ({} train, {} val reviews) | preset {:?}: width {}, {} layers, {} heads, \
