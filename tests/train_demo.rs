@@ -78,3 +78,33 @@ fn resumed_run_ends_bit_identical() {
         assert_eq!(x.val_acc, y.val_acc);
     }
 }
+
+/// The same short run on the emulator (the CUDA kernels) and on the CPU reference:
+/// per-epoch losses agree to float reassociation and validation accuracies to one review.
+#[test]
+fn emu_run_agrees_with_cpu_run() {
+    use cudaenc::device::DeviceKind;
+    let mut loaded = setup::load_data(&DataArgs { train_subset: Some(256), ..demo_args() }, 5).unwrap();
+    loaded.val.reviews.truncate(300); // the emulator is slow: a smaller validation set
+    let h = setup::Hyper { epochs: 2, d_model: 16, n_head: 2, d_ff: 32, dropout: 0.1, token_drop: 0.1, ..Preset::Demo.hyper() };
+    let cfg = setup::model_config(&h, loaded.vocab, Loss::Bce).unwrap();
+    let tcfg = setup::train_config(&h, 5).unwrap();
+    let slots = tensor_slots(&ParamLayout::new(&cfg));
+    let run = |device: &Device| {
+        let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 5);
+        let mut engine = device.engine(&cfg, &tcfg.optim, 5).unwrap();
+        train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, None, false, &progress(None)).unwrap()
+    };
+    let cpu = run(&Device::Cpu);
+    let emu = run(&Device::open(DeviceKind::Emu).unwrap());
+    let n_val = loaded.val.len() as f64;
+    for (c, e) in cpu.epochs.iter().zip(&emu.epochs) {
+        let rel = (c.train_loss - e.train_loss).abs() / c.train_loss.abs();
+        println!(
+            "epoch {}: train loss cpu {:.6} emu {:.6} (rel {rel:.1e}, tol 1e-3); val acc cpu {:.2}% emu {:.2}% (tol one review)",
+            c.epoch, c.train_loss, e.train_loss, c.val_acc, e.val_acc
+        );
+        assert!(rel < 1e-3, "epoch {}: train loss differs by {rel:.2e}", c.epoch);
+        assert!((c.val_acc - e.val_acc).abs() <= 100.0 / n_val + 1e-9, "epoch {}: val acc differs", c.epoch);
+    }
+}
