@@ -105,6 +105,9 @@ fn emu_run_agrees_with_cpu_run() {
             c.epoch, c.train_loss, e.train_loss, c.val_acc, e.val_acc
         );
         assert!(rel < 1e-3, "epoch {}: train loss differs by {rel:.2e}", c.epoch);
+        let val_rel = (c.val_loss - e.val_loss).abs() / c.val_loss.abs();
+        println!("epoch {}: val loss cpu {:.6} emu {:.6} (rel {val_rel:.1e}, tol 1e-4)", c.epoch, c.val_loss, e.val_loss);
+        assert!(val_rel < 1e-4, "epoch {}: val loss differs by {val_rel:.2e}", c.epoch);
         assert!((c.val_acc - e.val_acc).abs() <= 100.0 / n_val + 1e-9, "epoch {}: val acc differs", c.epoch);
     }
 }
