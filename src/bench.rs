@@ -283,11 +283,16 @@ impl Drop for Cublas {
 
 /// cuBLAS SGEMM (default math mode: plain FP32, no TF32) computing what
 /// `matmul_forward` does without the bias: out (N, OC) = inp (N, IC) @ W^T. On emu a
-/// placeholder reported as "n/a".
+/// placeholder reported as "n/a", as where libcublas cannot be loaded.
 fn cublas_sgemm(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
     let shape = format!("N={n} IC={ic} OC={oc}");
     let (bytes, flops) = (F * (n * ic + oc * ic + n * oc) as f64, 2.0 * (n * ic * oc) as f64);
     if !gpu.is_cuda() {
+        return Ok(Case { shape, bytes, flops, run: Box::new(|_| Ok(())), na: true });
+    }
+    // cudarc loads libcublas on first use and panics when it is missing: look first
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        eprintln!("bench: libcublas (libcublas.so.13) not found on the library path: cuBLAS rows are n/a");
         return Ok(Case { shape, bytes, flops, run: Box::new(|_| Ok(())), na: true });
     }
     let (inp, w, out) = (rand_buf(gpu, n * ic, 1)?, rand_buf(gpu, oc * ic, 2)?, gpu.zeros::<f32>(n * oc)?);
