@@ -5,16 +5,24 @@
 //! On cuda: warm-up launches, then `repeats` timed launches (CUDA events, `Gpu::time_ms`),
 //! each after an untimed copy over a buffer larger than L2 so every repeat starts cold;
 //! the median is reported as ms, GB/s, TFLOP/s and as a fraction of the device-to-device
-//! copy bandwidth (the `copy` case, always measured first). On emu: reduced shapes, each
-//! case run once, to prove it runs.
+//! copy bandwidth (the `copy` case, always measured first) and of a large cuBLAS SGEMM
+//! (`cublas_sgemm 8192`, measured second; cuda only, "n/a" on emu). On emu: reduced
+//! shapes, each case run once, to prove it runs.
+//!
+//! [`step_bench`] times whole training steps (`GpuEngine::train_step`) at a preset's
+//! shape on synthetic batches ([`step_batch`]); `benches/pytorch_reference.py` builds the
+//! same batches and model in PyTorch.
 //!
 //! Adding a case: write `fn my_op(gpu: &Gpu, s: &Shapes) -> Result<Case>` (allocate with
 //! [`rand_buf`] / `gpu.zeros`, move the buffers into the closure) and add one line to
 //! [`cases`].
 
-use crate::device::{ceil_div, DeviceSlice, Gpu};
+use crate::config::{Loss, ModelConfig, OptimConfig};
+use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
+use crate::model::params::ParamLayout;
+use crate::model::Batch;
 use crate::ops;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// The shapes the cases run at.
 #[derive(Clone, Copy, Debug)]
@@ -25,16 +33,27 @@ pub struct Shapes {
     pub nh: usize,
     pub f: usize,
     pub v: usize,
+    /// Layers of the model whose whole parameter buffer `adamw_update` / `global_norm` run over.
+    pub l: usize,
 }
 
 impl Shapes {
-    /// The model's: B = 64 reviews x T = 256 tokens, C = 384, NH = 6, F = 1536, V = 100277.
-    pub const MODEL: Shapes = Shapes { b: 64, t: 256, c: 384, nh: 6, f: 1536, v: 100277 };
-    /// Small enough for the emulator to run every case in seconds.
-    pub const EMU: Shapes = Shapes { b: 2, t: 32, c: 384, nh: 6, f: 1536, v: 100277 };
+    /// The model's (the `nanogpt` preset): B = 64 reviews x T = 256 tokens, C = 384, NH = 6,
+    /// F = 1536, V = 100277, 6 layers (49.2 M parameters).
+    pub const MODEL: Shapes = Shapes { b: 64, t: 256, c: 384, nh: 6, f: 1536, v: 100277, l: 6 };
+    /// Small enough for the emulator to run every case in seconds (V and L reduced too).
+    pub const EMU: Shapes = Shapes { b: 2, t: 32, c: 384, nh: 6, f: 1536, v: 1000, l: 1 };
     /// Tokens per batch.
     pub fn n(&self) -> usize {
         self.b * self.t
+    }
+    /// The same number of tokens at twice the length (B/2 x 2T: T = 512 at the model's).
+    pub fn long(&self) -> (usize, usize) {
+        ((self.b / 2).max(1), 2 * self.t)
+    }
+    /// The model these shapes describe (CE head), for the parameter count.
+    pub fn model(&self) -> ModelConfig {
+        ModelConfig { vocab: self.v, d_model: self.c, n_layer: self.l, n_head: self.nh, d_ff: self.f, max_len: 2 * self.t, dropout: 0.1, loss: Loss::Ce }
     }
 }
 
@@ -50,15 +69,23 @@ pub struct Case {
     /// Floating-point operations of one launch (0 for memory-bound ops).
     pub flops: f64,
     pub run: Launch,
+    /// Not measurable on this device (cuBLAS on emu): reported as "n/a".
+    pub na: bool,
 }
 
 /// A benchmark's name and its setup.
 pub type Setup = fn(&Gpu, &Shapes) -> Result<Case>;
 
-/// Every case, in report order. `copy` first: the others are shown relative to it.
+/// Every case, in report order. `copy` and `cublas_sgemm 8192` first: the others are
+/// shown relative to them (GB/s as % of copy, TFLOP/s as % of the SGEMM).
 pub fn cases() -> Vec<(&'static str, Setup)> {
     vec![
         ("copy", copy),
+        ("cublas_sgemm 8192", |g, _| cublas_sgemm(g, 8192, 8192, 8192)),
+        ("cublas_sgemm qkv", |g, s| cublas_sgemm(g, s.n(), s.c, 3 * s.c)),
+        ("cublas_sgemm attn_proj", |g, s| cublas_sgemm(g, s.n(), s.c, s.c)),
+        ("cublas_sgemm fc", |g, s| cublas_sgemm(g, s.n(), s.c, s.f)),
+        ("cublas_sgemm fc_proj", |g, s| cublas_sgemm(g, s.n(), s.f, s.c)),
         ("matmul_forward qkv", |g, s| matmul_forward(g, s.n(), s.c, 3 * s.c)),
         ("matmul_forward attn_proj", |g, s| matmul_forward(g, s.n(), s.c, s.c)),
         ("matmul_forward fc", |g, s| matmul_forward(g, s.n(), s.c, s.f)),
@@ -77,6 +104,21 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("dropout_backward", dropout_backward),
         ("layernorm_forward", layernorm_forward),
         ("layernorm_backward", layernorm_backward),
+        ("attention_forward", |g, s| attention_forward(g, s.b, s.t, s.c, s.nh)),
+        ("attention_forward long", |g, s| attention_forward(g, s.long().0, s.long().1, s.c, s.nh)),
+        ("attention_backward", |g, s| attention_backward(g, s.b, s.t, s.c, s.nh)),
+        ("attention_backward long", |g, s| attention_backward(g, s.long().0, s.long().1, s.c, s.nh)),
+        ("meanpool_forward", meanpool_forward),
+        ("meanpool_backward", meanpool_backward),
+        ("softmax_ce_forward", |g, s| loss_case(g, s.b, Loss::Ce, true)),
+        ("softmax_ce_backward", |g, s| loss_case(g, s.b, Loss::Ce, false)),
+        ("sigmoid_bce_forward", |g, s| loss_case(g, s.b, Loss::Bce, true)),
+        ("sigmoid_bce_backward", |g, s| loss_case(g, s.b, Loss::Bce, false)),
+        ("embedding_forward", embedding_forward),
+        ("embedding_backward", embedding_backward),
+        ("adamw_update", adamw_update),
+        ("adamw_update per tensor", adamw_update_per_tensor),
+        ("global_norm", global_norm),
     ]
 }
 
@@ -102,6 +144,7 @@ fn copy(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     Ok(Case {
         shape: format!("{} MiB", (n * 4) >> 20),
         bytes: 2.0 * F * n as f64,
+        na: false,
         flops: 0.0,
         run: Box::new(move |g| launch_copy(g, &dst, &src)),
     })
@@ -112,6 +155,7 @@ fn matmul_forward(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
     Ok(Case {
         shape: format!("N={n} IC={ic} OC={oc}"),
         bytes: F * (n * ic + oc * ic + oc + n * oc) as f64,
+        na: false,
         flops: 2.0 * (n * ic * oc) as f64,
         run: Box::new(move |g| ops::matmul::matmul_forward(g, &out, &inp, &w, Some(&b), n, ic, oc)),
     })
@@ -124,6 +168,7 @@ fn matmul_backward(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
         shape: format!("N={n} IC={ic} OC={oc}"),
         // reads dout, inp, weight; writes dinp; dweight and dbias read and written
         bytes: F * (n * oc + n * ic + oc * ic + n * ic + 2 * oc * ic + 2 * oc) as f64,
+        na: false,
         flops: 4.0 * (n * ic * oc) as f64 + (n * oc) as f64,
         run: Box::new(move |g| ops::matmul::matmul_backward(g, &dinp, &dw, Some(&db), &dout, &inp, &w, n, ic, oc)),
     })
@@ -143,6 +188,7 @@ fn elementwise(
     Ok(Case {
         shape: format!("N={n}"),
         bytes: F * (n * (ins + outs + 2 * rw)) as f64,
+        na: false,
         flops: 0.0,
         run: Box::new(move |g| f(g, &bufs)),
     })
@@ -175,6 +221,7 @@ fn layernorm_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     Ok(Case {
         shape: format!("N={n} C={c}"),
         bytes: F * (2 * n * c + 2 * c + 2 * n) as f64,
+        na: false,
         flops: 0.0,
         run: Box::new(move |g| ops::layernorm::layernorm_forward(g, &out, &mean, &rstd, &inp, &w, &b, n, c)),
     })
@@ -189,6 +236,7 @@ fn layernorm_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
         shape: format!("N={n} C={c}"),
         // reads dout, inp; dinp read and written; small vectors ignored
         bytes: F * (4 * n * c) as f64,
+        na: false,
         flops: 0.0,
         run: Box::new(move |g| {
             ops::layernorm::layernorm_backward(g, &dinp, &dw, &db, &dout, &inp, &w, &mean, &rstd, n, c)
@@ -196,19 +244,265 @@ fn layernorm_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     })
 }
 
+/// Token ids as a real batch has them: Zipf-Mandelbrot over ranks, p(r) ~ 1 / (r + 2.7),
+/// with rank r = id r (cl100k ids are roughly in merge, i.e. frequency, order). 16 K
+/// tokens give about 4-5 K distinct ids, as a batch of IMDB reviews does.
+/// `benches/pytorch_reference.py` draws its ids from the same distribution.
+pub fn zipf_ids(n: usize, v: usize, seed: u64) -> Vec<u32> {
+    let mut cdf = Vec::with_capacity(v);
+    let mut acc = 0.0f64;
+    for r in 0..v {
+        acc += 1.0 / (r as f64 + 2.7);
+        cdf.push(acc);
+    }
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    (0..n).map(|_| cdf.partition_point(|&c| c <= rng.uniform() * acc).min(v - 1) as u32).collect()
+}
+
+/// A cuBLAS handle on the current context (the one `Gpu::cuda` opened; cuBLAS and our
+/// launches share the legacy default stream, so the CUDA events time both). Destroyed on drop.
+struct Cublas(cudarc::cublas::sys::cublasHandle_t);
+
+impl Cublas {
+    fn new() -> Result<Cublas> {
+        // the primary context of device 0, which Gpu::cuda(0) uses: make it current here
+        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| anyhow::anyhow!("cuda: {e:?}"))?;
+        ctx.bind_to_thread().map_err(|e| anyhow::anyhow!("cuda: {e:?}"))?;
+        let h = cudarc::cublas::result::create_handle().map_err(|e| anyhow::anyhow!("cublas: create handle: {e:?}"))?;
+        Ok(Cublas(h))
+    }
+}
+
+impl Drop for Cublas {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = cudarc::cublas::result::destroy_handle(self.0);
+        }
+    }
+}
+
+/// cuBLAS SGEMM (default math mode: plain FP32, no TF32) computing what
+/// `matmul_forward` does without the bias: out (N, OC) = inp (N, IC) @ W^T. On emu a
+/// placeholder reported as "n/a", as where libcublas cannot be loaded.
+fn cublas_sgemm(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
+    let shape = format!("N={n} IC={ic} OC={oc}");
+    let (bytes, flops) = (F * (n * ic + oc * ic + n * oc) as f64, 2.0 * (n * ic * oc) as f64);
+    if !gpu.is_cuda() {
+        return Ok(Case { shape, bytes, flops, run: Box::new(|_| Ok(())), na: true });
+    }
+    // cudarc loads libcublas on first use and panics when it is missing: look first
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        eprintln!("bench: libcublas (libcublas.so.13) not found on the library path: cuBLAS rows are n/a");
+        return Ok(Case { shape, bytes, flops, run: Box::new(|_| Ok(())), na: true });
+    }
+    let (inp, w, out) = (rand_buf(gpu, n * ic, 1)?, rand_buf(gpu, oc * ic, 2)?, gpu.zeros::<f32>(n * oc)?);
+    let handle = Cublas::new()?;
+    let (m_, n_, k_) = (oc as i32, n as i32, ic as i32);
+    Ok(Case {
+        shape,
+        bytes,
+        flops,
+        na: false,
+        run: Box::new(move |_| {
+            use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // row-major out (N,OC) = inp (N,IC) W^T  <=>  column-major out^T (OC,N) = W^T' inp^T
+            unsafe {
+                cudarc::cublas::result::sgemm(
+                    handle.0, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
+                    w.addr() as *const f32, k_, inp.addr() as *const f32, k_, &beta, out.addr() as *mut f32, m_,
+                )
+            }
+            .map_err(|e| anyhow::anyhow!("cublas sgemm: {e:?}"))
+        }),
+    })
+}
+
+fn full_lens(gpu: &Gpu, b: usize, t: usize) -> Result<crate::device::Buf<u32>> {
+    gpu.upload(&vec![t as u32; b])
+}
+
+/// Every key valid (len = T): the flops below are then exact.
+fn attention_forward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
+    let (qkv, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, full_lens(gpu, b, t)?);
+    let (out, att) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?);
+    Ok(Case {
+        shape: format!("B={b} T={t} NH={nh} C={c}"),
+        // reads qkv; writes out and the saved probabilities att
+        bytes: F * (b * t * 3 * c + b * t * c + b * nh * t * t) as f64,
+        // q.k and p.v: 2 T^2 HS multiply-adds per (b, head)
+        flops: 4.0 * (b * t * t * c) as f64,
+        na: false,
+        run: Box::new(move |g| ops::attention::attention_forward(g, &out, &att, &qkv, &lens, b, t, c, nh)),
+    })
+}
+
+fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
+    let (qkv, dout, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, rand_buf(gpu, b * t * c, 2)?, full_lens(gpu, b, t)?);
+    let (out, att, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
+    ops::attention::attention_forward(gpu, &out, &att, &qkv, &lens, b, t, c, nh)?; // real probabilities
+    Ok(Case {
+        shape: format!("B={b} T={t} NH={nh} C={c}"),
+        // reads dout, qkv, att; writes dqkv (three launches: att is counted once)
+        bytes: F * (b * t * c + b * t * 3 * c + b * nh * t * t + b * t * 3 * c) as f64,
+        // dv = p^T do, dp = do v^T, dq = ds k, dk = ds^T q
+        flops: 8.0 * (b * t * t * c) as f64,
+        na: false,
+        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &att, &lens, b, t, c, nh)),
+    })
+}
+
+fn meanpool_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (b, t, c) = (s.b, s.t, s.c);
+    let (inp, lens, out) = (rand_buf(gpu, b * t * c, 1)?, full_lens(gpu, b, t)?, gpu.zeros::<f32>(b * c)?);
+    Ok(Case {
+        shape: format!("B={b} T={t} C={c}"),
+        bytes: F * (b * t * c + b * c + b) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| ops::meanpool::meanpool_forward(g, &out, &inp, &lens, b, t, c)),
+    })
+}
+
+fn meanpool_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (b, t, c) = (s.b, s.t, s.c);
+    let (dout, lens, dinp) = (rand_buf(gpu, b * c, 1)?, full_lens(gpu, b, t)?, gpu.zeros::<f32>(b * t * c)?);
+    Ok(Case {
+        shape: format!("B={b} T={t} C={c}"),
+        bytes: F * (b * c + b * t * c + b) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| ops::meanpool::meanpool_backward(g, &dinp, &dout, &lens, b, t, c)),
+    })
+}
+
+/// The loss kernels, launched directly as their launchers do (grid ceil(B/256) x 256):
+/// the forward launchers also download the losses, which is not kernel time.
+fn loss_case(gpu: &Gpu, b: usize, loss: Loss, forward: bool) -> Result<Case> {
+    const BLOCK: usize = 256; // src/ops/loss.rs
+    let k = loss.outputs();
+    let labels = gpu.upload(&(0..b).map(|i| (i % 2) as u8).collect::<Vec<u8>>())?;
+    let (logits, probs, losses, dlogits) = (rand_buf(gpu, b * k, 1)?, gpu.zeros::<f32>(b * k)?, gpu.zeros::<f32>(b)?, gpu.zeros::<f32>(b * k)?);
+    let grid = ceil_div(b, BLOCK);
+    let bytes = if forward { F * (b * k + b * k + b) as f64 + b as f64 } else { F * (2 * b * k) as f64 + b as f64 };
+    Ok(Case {
+        shape: format!("B={b} K={k}"),
+        bytes,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| {
+            let (name, args): (&str, Vec<Arg>) = match (loss, forward) {
+                (Loss::Ce, true) => ("softmax_ce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into()]),
+                (Loss::Ce, false) => ("softmax_ce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into(), k.into()]),
+                (Loss::Bce, true) => ("sigmoid_bce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into()]),
+                (Loss::Bce, false) => ("sigmoid_bce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into()]),
+            };
+            g.launch(name, grid, BLOCK as u32, 0, &args)
+        }),
+    })
+}
+
+fn embedding_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (n, c, v) = (s.n(), s.c, s.v);
+    let ids = gpu.upload(&zipf_ids(n, v, 7))?;
+    let (wte, out) = (rand_buf(gpu, v * c, 1)?, gpu.zeros::<f32>(n * c)?);
+    Ok(Case {
+        shape: format!("N={n} C={c} V={v}"),
+        // reads ids and one wte row per token (repeats counted); writes out
+        bytes: F * (2 * n * c + n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| ops::embedding::embedding_forward(g, &out, &ids, &wte, n, c)),
+    })
+}
+
+fn embedding_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (n, c, v) = (s.n(), s.c, s.v);
+    let host_ids = zipf_ids(n, v, 7);
+    let (pos, starts) = ops::embedding::upload_embedding_order(gpu, &host_ids)?;
+    let u = starts.len();
+    let (ids, dout, dwte) = (gpu.upload(&host_ids)?, rand_buf(gpu, n * c, 1)?, gpu.zeros::<f32>(v * c)?);
+    Ok(Case {
+        shape: format!("N={n} C={c} V={v} U={u}"),
+        // reads dout, ids, pos, starts; reads and writes the U touched rows of dwte
+        bytes: F * (n * c + 2 * u * c + 2 * n + u) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| ops::embedding::embedding_backward(g, &dwte, &dout, &ids, &pos, &starts, n, c)),
+    })
+}
+
+/// Parameters, gradients, m and v over the whole parameter buffer of `s.model()`.
+fn adamw_buffers(gpu: &Gpu, s: &Shapes) -> Result<(ParamLayout, [crate::device::Buf<f32>; 4])> {
+    let layout = ParamLayout::new(&s.model());
+    let n = layout.total;
+    let bufs = [rand_buf(gpu, n, 1)?, gpu.zeros(n)?, gpu.zeros(n)?, rand_buf(gpu, n, 2)?];
+    Ok((layout, bufs))
+}
+
+/// One launch over the whole buffer (weight decay everywhere).
+fn adamw_update(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
+    let n = layout.total;
+    Ok(Case {
+        shape: format!("N={n} (L={} V={})", s.l, s.v),
+        // reads p, m, v, g; writes p, m, v
+        bytes: F * (7 * n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |gpu| ops::adamw::adamw_update(gpu, &p, &m, &v, &g, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1.0, 1)),
+    })
+}
+
+/// As `GpuModel::update` does it: one launch per named tensor (17), decay per the layout.
+fn adamw_update_per_tensor(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
+    let n = layout.total;
+    Ok(Case {
+        shape: format!("N={n} in {} launches", layout.tensors.len()),
+        bytes: F * (7 * n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |gpu| {
+            for t in &layout.tensors {
+                let wd = if t.decay { 0.1 } else { 0.0 };
+                let (pv, mv, vv, gv) = (p.view(t.offset, t.size), m.view(t.offset, t.size), v.view(t.offset, t.size), g.view(t.offset, t.size));
+                ops::adamw::adamw_update(gpu, &pv, &mv, &vv, &gv, 1e-4, 0.9, 0.999, 1e-8, wd, 1.0, 1)?;
+            }
+            Ok(())
+        }),
+    })
+}
+
+fn global_norm(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let n = ParamLayout::new(&s.model()).total;
+    let grads = rand_buf(gpu, n, 1)?;
+    let (out, scratch) = (gpu.zeros::<f32>(1)?, gpu.zeros::<f32>(ops::gradnorm::GLOBAL_NORM_MAX_BLOCKS)?);
+    Ok(Case {
+        shape: format!("N={n}"),
+        bytes: F * n as f64,
+        flops: 0.0, // 2 per element: memory-bound
+        na: false,
+        run: Box::new(move |g| ops::gradnorm::global_norm(g, &out, &scratch, &grads)),
+    })
+}
+
 /// One measured case.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Result1 {
     pub name: String,
     pub shape: String,
     pub ms: f64,
     pub gbps: f64,
     pub tflops: f64,
+    /// Not measured on this device (cuBLAS on emu); the numbers are 0.
+    pub na: bool,
 }
 
-/// Run the cases whose name contains `filter` (all if None; `copy` always runs, as the
-/// reference) and print a table. cuda: `repeats` timed runs each (median); emu: one run
-/// at [`Shapes::EMU`] unless `shapes` is given.
+/// Run the cases whose name contains `filter` (all if None; `copy` and `cublas_sgemm
+/// 8192` always run, as the references) and print a table, then one line
+/// `BENCHJSON [...]` with every result. cuda: `repeats` timed runs each (median); emu:
+/// one run at [`Shapes::EMU`] unless `shapes` is given.
 pub fn run(gpu: &Gpu, filter: Option<&str>, repeats: usize, shapes: Option<Shapes>) -> Result<Vec<Result1>> {
     let cuda = gpu.is_cuda();
     let s = shapes.unwrap_or(if cuda { Shapes::MODEL } else { Shapes::EMU });
@@ -216,16 +510,22 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, repeats: usize, shapes: Option<Shape
     // untimed copy over 2 x 128 MiB between repeats: evicts L2 (50 MB on H100) so every
     // timed launch reads its inputs from device memory
     let flush = if cuda { Some((gpu.zeros::<f32>(32 << 20)?, gpu.zeros::<f32>(32 << 20)?)) } else { None };
-    println!("device {} shapes B={} T={} C={} NH={} F={} V={}; {} repeats{}", gpu.name(), s.b, s.t, s.c, s.nh, s.f, s.v, repeats,
+    println!("device {} shapes B={} T={} C={} NH={} F={} V={} L={}; {} repeats{}", gpu.name(), s.b, s.t, s.c, s.nh, s.f, s.v, s.l, repeats,
         if cuda { ", median, L2 flushed before each" } else { " (emu: proves each case runs; timings mean nothing)" });
-    println!("{:<28} {:<26} {:>10} {:>9} {:>9} {:>7}", "case", "shape", "ms", "GB/s", "TFLOP/s", "%copy");
+    println!("{:<26} {:<30} {:>9} {:>8} {:>8} {:>6} {:>6}", "case", "shape", "ms", "GB/s", "TFLOP/s", "%copy", "%sgemm");
     let mut results: Vec<Result1> = Vec::new();
-    let mut copy_gbps = None;
+    let (mut copy_gbps, mut sgemm_tflops) = (None, None);
+    const REFS: [&str; 2] = ["copy", "cublas_sgemm 8192"];
     for (name, setup) in cases() {
-        if name != "copy" && filter.is_some_and(|f| !name.contains(f)) {
+        if !REFS.contains(&name) && filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
         let case = setup(gpu, &s).map_err(|e| e.context(format!("bench {name}: setup")))?;
+        if case.na {
+            println!("{name:<26} {:<30} {:>9} {:>8} {:>8} {:>6} {:>6}", case.shape, "n/a", "n/a", "n/a", "", "");
+            results.push(Result1 { name: name.into(), shape: case.shape, ms: 0.0, gbps: 0.0, tflops: 0.0, na: true });
+            continue;
+        }
         for _ in 0..warmup {
             (case.run)(gpu)?;
         }
@@ -237,17 +537,125 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, repeats: usize, shapes: Option<Shape
             times.push(gpu.time_ms(|| (case.run)(gpu)).map_err(|e| e.context(format!("bench {name}")))?);
         }
         gpu.synchronize()?;
+        drop(case.run); // free the case's buffers before the next one allocates
         times.sort_by(f64::total_cmp);
         let ms = times[times.len() / 2];
         let gbps = case.bytes / (ms * 1e-3) / 1e9;
         let tflops = case.flops / (ms * 1e-3) / 1e12;
-        if name == "copy" {
-            copy_gbps = Some(gbps);
+        match name {
+            "copy" => copy_gbps = Some(gbps),
+            "cublas_sgemm 8192" => sgemm_tflops = Some(tflops),
+            _ => {}
         }
-        let pct = copy_gbps.map_or(String::new(), |c| format!("{:.0}%", 100.0 * gbps / c));
-        let tf = if case.flops > 0.0 { format!("{tflops:.2}") } else { "-".into() };
-        println!("{name:<28} {:<26} {ms:>10.4} {gbps:>9.1} {tf:>9} {pct:>7}", case.shape);
-        results.push(Result1 { name: name.into(), shape: case.shape, ms, gbps, tflops });
+        let pct_copy = copy_gbps.map_or(String::new(), |c| format!("{:.0}%", 100.0 * gbps / c));
+        let compute = case.flops > 0.0;
+        let pct_sgemm = match sgemm_tflops {
+            Some(r) if compute => format!("{:.0}%", 100.0 * tflops / r),
+            _ => String::new(),
+        };
+        let tf = if compute { format!("{tflops:.2}") } else { "-".into() };
+        println!("{name:<26} {:<30} {ms:>9.4} {gbps:>8.1} {tf:>8} {pct_copy:>6} {pct_sgemm:>6}", case.shape);
+        results.push(Result1 { name: name.into(), shape: case.shape, ms, gbps, tflops, na: false });
     }
+    println!("BENCHJSON {}", serde_json::to_string(&results)?);
     Ok(results)
+}
+
+/// One preset's shape for [`step_bench`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepResult {
+    pub preset: String,
+    pub loss: String,
+    pub b: usize,
+    pub t: usize,
+    pub params: usize,
+    pub steps: usize,
+    /// Median and fastest wall-clock time of one `train_step`, device synchronized.
+    pub ms_median: f64,
+    pub ms_min: f64,
+    /// B x T positions (padding included) per second, at the median.
+    pub tokens_per_s: f64,
+    /// Valid (unpadded) tokens per second, at the median.
+    pub valid_tokens_per_s: f64,
+    /// Seconds for one epoch of the 25,000 IMDB training reviews at this shape: ceil(25000 / B)
+    /// steps at the median (a real epoch mixes lengths up to T).
+    pub epoch_s_est: f64,
+}
+
+/// Review `i` of a synthetic batch at length T has `T - (i * 7919) mod (3T/4)` valid
+/// tokens (between T/4 + 1 and T; the first is full length). Same formula in
+/// `benches/pytorch_reference.py`.
+pub fn step_len(i: usize, t: usize) -> usize {
+    let span = (3 * t / 4).max(1);
+    t - (i * 7919) % span
+}
+
+/// A synthetic batch: B reviews padded to T, lengths [`step_len`], ids [`zipf_ids`]
+/// (padding 0), labels alternating 0, 1.
+pub fn step_batch(b: usize, t: usize, vocab: usize, seed: u64) -> Batch {
+    let mut ids = vec![0u32; b * t];
+    let lens: Vec<u32> = (0..b).map(|i| step_len(i, t) as u32).collect();
+    let draws = zipf_ids(b * t, vocab, seed);
+    for i in 0..b {
+        let l = lens[i] as usize;
+        ids[i * t..i * t + l].copy_from_slice(&draws[i * t..i * t + l]);
+    }
+    Batch { ids, lens, labels: (0..b).map(|i| (i % 2) as u8).collect(), batch_size: b, seq_len: t }
+}
+
+/// The model of a training preset (`gpu`, `nanogpt`, ...) at vocabulary `vocab`, max length T.
+pub fn preset_model(preset: crate::cli::setup::Preset, vocab: usize, t: usize, loss: Loss) -> ModelConfig {
+    let h = preset.hyper();
+    ModelConfig { vocab, d_model: h.d_model, n_layer: h.n_layer, n_head: h.n_head, d_ff: h.d_ff, max_len: t, dropout: h.dropout, loss }
+}
+
+/// Time `steps` training steps (`GpuEngine::train_step`: forward, backward, norm, clip,
+/// AdamW, with the step's host work: batch upload, embedding order, loss/norm downloads)
+/// of `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in
+/// turn. Each step is timed on the wall clock up to a device synchronize.
+pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, steps: usize, warmup: usize) -> Result<StepResult> {
+    let batches: Vec<Batch> = (0..4).map(|i| step_batch(b, t, cfg.vocab, 100 + i)).collect();
+    let mut engine = crate::model::gpu::GpuEngine::new(gpu, cfg, &OptimConfig::default(), 1, 1)
+        .with_context(|| format!("step bench {label}: building the model"))?;
+    let params = engine.model.layout.total;
+    use crate::train::engine::Engine;
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps.max(1) {
+        let t0 = std::time::Instant::now();
+        engine.train_step(&batches[i % 4], 1e-4, i as u64 + 1).with_context(|| format!("step bench {label}: step {}", i + 1))?;
+        engine.gpu.synchronize()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let valid: usize = batches.iter().map(|x| x.valid_tokens()).sum::<usize>() / batches.len();
+    Ok(StepResult {
+        preset: label.into(),
+        loss: cfg.loss.name().into(),
+        b,
+        t,
+        params,
+        steps: times.len(),
+        ms_median: ms,
+        ms_min: times[0],
+        tokens_per_s: (b * t) as f64 / (ms * 1e-3),
+        valid_tokens_per_s: valid as f64 / (ms * 1e-3),
+        epoch_s_est: 25000usize.div_ceil(b) as f64 * ms * 1e-3,
+    })
+}
+
+/// Print the step results as a table, then one line `STEPJSON [...]`.
+pub fn print_steps(device: &str, results: &[StepResult]) -> Result<()> {
+    println!("training step on {device} (median wall-clock ms per train_step, device synchronized)");
+    println!("{:<10} {:>4} {:>4} {:>5} {:>11} {:>9} {:>9} {:>12} {:>12} {:>9}", "preset", "loss", "B", "T", "params", "ms", "ms min", "tok/s", "valid tok/s", "epoch s");
+    for r in results {
+        println!(
+            "{:<10} {:>4} {:>4} {:>5} {:>11} {:>9.2} {:>9.2} {:>12.0} {:>12.0} {:>9.1}",
+            r.preset, r.loss, r.b, r.t, r.params, r.ms_median, r.ms_min, r.tokens_per_s, r.valid_tokens_per_s, r.epoch_s_est
+        );
+    }
+    println!("STEPJSON {}", serde_json::to_string(results)?);
+    Ok(())
 }

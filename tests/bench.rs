@@ -1,6 +1,7 @@
 //! The microbenchmark harness runs every case on the emulator (reduced shapes, once each):
 //! a case that fails to set up or launch is caught here, not on the GPU machine.
 use cudaenc::bench;
+use cudaenc::config::{Loss, ModelConfig};
 use cudaenc::device::Gpu;
 
 #[test]
@@ -8,12 +9,41 @@ fn every_bench_case_runs_on_emu() {
     let results = bench::run(&Gpu::emu(), None, 1, None).expect("bench on emu");
     assert_eq!(results.len(), bench::cases().len(), "one result per case");
     assert_eq!(results[0].name, "copy", "the copy reference comes first");
-    assert!(results.iter().all(|r| r.ms >= 0.0 && r.gbps.is_finite()));
+    assert_eq!(results[1].name, "cublas_sgemm 8192", "then the SGEMM reference");
+    for r in &results {
+        // cuBLAS exists only on cuda: n/a on emu, everything else runs
+        assert_eq!(r.na, r.name.starts_with("cublas"), "{}", r.name);
+        assert!(r.ms >= 0.0 && r.gbps.is_finite(), "{}", r.name);
+    }
 }
 
 #[test]
-fn bench_filter_keeps_copy_and_matching_cases() {
+fn bench_filter_keeps_references_and_matching_cases() {
     let results = bench::run(&Gpu::emu(), Some("gelu"), 1, None).expect("bench on emu");
     let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["copy", "gelu_forward", "gelu_backward"]);
+    assert_eq!(names, ["copy", "cublas_sgemm 8192", "gelu_forward", "gelu_backward"]);
+}
+
+#[test]
+fn step_bench_runs_on_emu() {
+    let cfg = ModelConfig { vocab: 500, d_model: 16, n_layer: 1, n_head: 2, d_ff: 32, max_len: 8, dropout: 0.1, loss: Loss::Bce };
+    let r = bench::step_bench(Gpu::emu(), "tiny", &cfg, 2, 8, 1, 0).expect("step bench on emu");
+    assert_eq!((r.b, r.t, r.steps), (2, 8, 1));
+    assert!(r.ms_median > 0.0 && r.tokens_per_s.is_finite());
+}
+
+#[test]
+fn step_batches_are_valid_and_match_the_pytorch_formula() {
+    let b = bench::step_batch(64, 256, 100_277, 1);
+    assert_eq!(b.lens[0], 256, "the first review is full length");
+    assert!(b.lens.iter().all(|&l| (65..=256).contains(&l)));
+    assert!(b.ids.iter().all(|&id| id < 100_277));
+    // padding is id 0; benches/pytorch_reference.py uses the same lengths
+    assert!(b.ids[(1..256).map(|t| 256 + t).find(|&i| i - 256 >= b.lens[1] as usize).unwrap()] == 0);
+    assert_eq!(bench::step_len(1, 256), 256 - 7919 % 192);
+    let ids = bench::zipf_ids(16384, 100_277, 7);
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!((1000..10000).contains(&distinct.len()), "{} distinct ids in a batch", distinct.len());
 }
