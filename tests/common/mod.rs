@@ -5,11 +5,18 @@ use cudaenc::device::{EmuOrder, Gpu};
 
 /// Every device a kernel test runs on: the emulator in both fiber orders (always) and
 /// the real GPU when one is usable; otherwise a loud SKIPPED line in the test output.
+/// With `CUDAENC_ONLY_CUDA` set (the GPU check's sanitizer runs), the emulator is left
+/// out and a missing CUDA device is a failure.
 pub fn devices(test: &str) -> Vec<Gpu> {
-    let mut v = vec![Gpu::emu_with_order(EmuOrder::Forward), Gpu::emu_with_order(EmuOrder::Reverse)];
+    let only_cuda = std::env::var_os("CUDAENC_ONLY_CUDA").is_some();
+    let mut v = if only_cuda {
+        Vec::new()
+    } else {
+        vec![Gpu::emu_with_order(EmuOrder::Forward), Gpu::emu_with_order(EmuOrder::Reverse)]
+    };
     match Gpu::cuda_if_present() {
         Ok(g) => v.push(g),
-        Err(why) if std::env::var_os("CUDAENC_REQUIRE_CUDA").is_some() => {
+        Err(why) if only_cuda || std::env::var_os("CUDAENC_REQUIRE_CUDA").is_some() => {
             panic!("CUDAENC_REQUIRE_CUDA is set but there is no usable CUDA device: {why}")
         }
         Err(why) => {
