@@ -1,5 +1,14 @@
 // Layer norm over the last dimension (eps 1e-5); reference: src/reference/layernorm.rs,
 // launcher: src/ops/layernorm.rs. Launch with a 1-D block whose size is a multiple of 32.
+//
+// Backward dweight/dbias reduce over all N rows with only ceil(C/32) column blocks (12 at
+// C = 384): a deterministic split over rows. The launcher splits N into S chunks of
+// `chunk_len` consecutive rows (S from the shapes alone; layernorm_backward_chunks in
+// src/ops/layernorm.rs). S == 1: each column block sums all rows and adds (+=) into
+// dweight/dbias. S > 1: each (column block, chunk) writes its partial sums (=) into
+// scratch[s*2C + c] (dweight) and scratch[s*2C + C + c] (dbias); layernorm_backward_reduce,
+// the next launch on the same stream, adds the S partials in chunk order and then (+=)
+// into dweight/dbias. Fixed operation order for given shapes: bit-identical reruns.
 #include "cudaenc.cuh"
 
 #define LAYERNORM_EPS 1e-5f
@@ -33,19 +42,26 @@ extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __r
 CUDAENC_REGISTER(layernorm_forward)
 
 // dinp (N,C) +=, dweight (C) +=, dbias (C) += <- dout, inp, weight, mean, rstd.
-// Grid N + ceil(C/32) blocks. Blocks [0,N): one row of dinp each. Blocks [N, ..): 32
-// columns of dweight/dbias each; warp g sums rows g, g+G, ... in order, then lane
-// threads add the G partials in order: deterministic, no float atomics.
+// Grid ceil(C/32)*S + N blocks (S = chunks). Blocks [0, ceil(C/32)*S): 32 columns x one
+// chunk of rows each (block b: column block b % ceil(C/32), chunk b / ceil(C/32)); warp g
+// sums the chunk's rows row0+g, row0+g+G, ... in order, then lane threads add the G
+// partials in order: deterministic, no float atomics. They come first because they run
+// longest. Blocks [ceil(C/32)*S, ..): one row of dinp each.
+// chunks == 1: += into dweight/dbias (scratch unused, may be null); chunks > 1: partials
+// (=) into scratch (chunks x 2C floats), layernorm_backward_reduce must follow.
 extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ dweight,
-                                              float* __restrict__ dbias, const float* __restrict__ dout,
+                                              float* __restrict__ dbias, float* __restrict__ scratch,
+                                              const float* __restrict__ dout,
                                               const float* __restrict__ inp, const float* __restrict__ weight,
                                               const float* __restrict__ mean, const float* __restrict__ rstd,
-                                              int N, int C) {
-    __shared__ float scratch[32];
+                                              int N, int C, int chunks, int chunk_len) {
+    __shared__ float scratch_s[32];
     __shared__ float part_w[32][32], part_b[32][32];
     const int lane = threadIdx.x % 32, g = threadIdx.x / 32, G = blockDim.x / 32;
-    if ((int)blockIdx.x < N) {  // block-uniform branch: row of dinp
-        const int row = blockIdx.x;
+    const int col_blocks = (C + 31) / 32;
+    const int n_cols = col_blocks * chunks;
+    if ((int)blockIdx.x >= n_cols) {  // block-uniform branch: row of dinp
+        const int row = (int)blockIdx.x - n_cols;
         const float* x = inp + (size_t)row * C;
         const float* d = dout + (size_t)row * C;
         const float m = mean[row], s = rstd[row];
@@ -56,8 +72,8 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
             a += dnorm;
             b += dnorm * norm;
         }
-        a = block_reduce_sum(a, scratch) / C;
-        b = block_reduce_sum(b, scratch) / C;
+        a = block_reduce_sum(a, scratch_s) / C;
+        b = block_reduce_sum(b, scratch_s) / C;
         float* di = dinp + (size_t)row * C;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
             const float norm = (x[i] - m) * s;
@@ -66,11 +82,14 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
         }
         return;
     }
-    // columns of dweight / dbias
-    const int col = ((int)blockIdx.x - N) * 32 + lane;
+    // columns of dweight / dbias over one chunk of rows
+    const int chunk = (int)blockIdx.x / col_blocks;
+    const int col = ((int)blockIdx.x % col_blocks) * 32 + lane;
+    const int row0 = chunk * chunk_len;
+    const int row1 = min(N, row0 + chunk_len);
     float sw = 0.0f, sb = 0.0f;
     if (col < C) {
-        for (int r = g; r < N; r += G) {
+        for (int r = row0 + g; r < row1; r += G) {
             const size_t at = (size_t)r * C + col;
             sb += dout[at];
             sw += dout[at] * (inp[at] - mean[r]) * rstd[r];
@@ -85,8 +104,27 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
             tw += part_w[k][lane];
             tb += part_b[k][lane];
         }
-        dweight[col] += tw;
-        dbias[col] += tb;
+        if (chunks == 1) {
+            dweight[col] += tw;
+            dbias[col] += tb;
+        } else {
+            scratch[(size_t)chunk * 2 * C + col] = tw;
+            scratch[(size_t)chunk * 2 * C + C + col] = tb;
+        }
     }
 }
 CUDAENC_REGISTER(layernorm_backward)
+
+// Second pass of the row-split dweight/dbias (chunks > 1): for e < 2C,
+// (e < C ? dweight[e] : dbias[e-C]) += sum over s = 0..chunks-1, in that order, of
+// scratch[s*2C + e]. Grid ceil(2C/256) x block 256.
+extern "C" __global__ void layernorm_backward_reduce(float* __restrict__ dweight, float* __restrict__ dbias,
+                                                     const float* __restrict__ scratch, int C, int chunks) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= 2 * C) return;
+    float t = 0.0f;
+    for (int s = 0; s < chunks; s++) t += scratch[(size_t)s * 2 * C + e];
+    if (e < C) dweight[e] += t;
+    else dbias[e - C] += t;
+}
+CUDAENC_REGISTER(layernorm_backward_reduce)

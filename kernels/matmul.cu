@@ -4,8 +4,21 @@
 // All three products are one tiled SGEMM, C (M,Nc) [+]= A (M,K) @ B (K,Nc) (+ bias):
 // 64x64 tiles of C per block of 256 threads, K in steps of 16 through shared memory,
 // 4x4 outputs per thread in registers. Each output is summed by one thread over k in
-// ascending order, so results are bit-identical on reruns (no split-K, no atomics).
-// Any M, Nc, K: out-of-range tile elements load as 0 and are never stored.
+// ascending order. Any M, Nc, K: out-of-range tile elements load as 0 and are never stored.
+//
+// Deterministic split-K for the weight gradients (dweight = dout^T @ inp and dbias reduce
+// over the N = B*T token rows, ~16 K in training, with only ceil(OC/64)*ceil(IC/64) tiles,
+// e.g. 36 for 384x384: far fewer blocks than SMs). The launcher splits N into S chunks of
+// `chunk_len` consecutive rows (S from the shapes alone, never from the device or timing;
+// see matmul_backward_chunks in src/ops/matmul.rs):
+//   S == 1: one block per tile sums all N rows and adds (+=) into dweight / dbias directly.
+//   S > 1:  matmul_backward writes each chunk's partial tile (=) into its own slab of a
+//           scratch buffer, scratch[s * (OC*IC + OC) + e] (dweight elements e < OC*IC,
+//           then dbias at OC*IC + o); matmul_backward_reduce, the next launch on the same
+//           stream, adds each element's S partials in chunk order s = 0, 1, ..., S-1 and
+//           then (+=) into dweight / dbias.
+// Every output element is therefore a fixed sequence of f32 operations for given shapes:
+// bit-identical reruns, no atomics, no inter-block communication inside a launch.
 #include "cudaenc.cuh"
 
 #define MM_BM 64      // rows of C per block
@@ -95,43 +108,66 @@ CUDAENC_REGISTER(matmul_forward)
 
 // dinp (N,IC) =, dweight (OC,IC) +=, dbias (OC) += (dbias may be null)  <-  dout (N,OC), inp, weight.
 // One launch, three kinds of blocks (block-uniform by blockIdx.x), in this order so the
-// long-running ones (dweight reduces over N) start first:
-//   [0, Tw)          dweight tiles: dout^T (OC,N) @ inp (N,IC), K = N, accumulate
-//   [Tw, Tw+Tb)      dbias: 32 columns per block, fixed-order column sums (Tb = 0 if null)
-//   [Tw+Tb, ..+Td)   dinp tiles: dout (N,OC) @ weight (OC,IC), K = OC, overwrite
+// long-running ones (dweight reduces over a chunk of N) start first:
+//   [0, Tw*S)        dweight tiles x chunks: dout^T (OC,rows) @ inp (rows,IC), K = rows of
+//                    the chunk; block b is tile b % Tw of chunk b / Tw
+//   [.., +Tb*S)      dbias: 32 columns x one chunk per block, fixed-order column sums
+//                    (Tb = 0 if dbias is null)
+//   [.., +Td)        dinp tiles: dout (N,OC) @ weight (OC,IC), K = OC, overwrite
 // Tw = ceil(OC/64)*ceil(IC/64), Tb = ceil(OC/32), Td = ceil(N/64)*ceil(IC/64); block 256.
+// Chunk s covers rows [s*chunk_len, min((s+1)*chunk_len, N)) (possibly empty).
+// S = chunks == 1: dweight/dbias += directly and scratch is unused (may be null).
+// S > 1: partials (=) to scratch (S slabs of OC*IC + OC floats); matmul_backward_reduce
+// must follow to add them into dweight/dbias.
 extern "C" __global__ void matmul_backward(float* __restrict__ dinp, float* __restrict__ dweight,
-                                           float* __restrict__ dbias, const float* __restrict__ dout,
-                                           const float* __restrict__ inp, const float* __restrict__ weight,
-                                           int N, int IC, int OC) {
+                                           float* __restrict__ dbias, float* __restrict__ scratch,
+                                           const float* __restrict__ dout, const float* __restrict__ inp,
+                                           const float* __restrict__ weight, int N, int IC, int OC,
+                                           int chunks, int chunk_len) {
     __shared__ float As[MM_BK][MM_BM + MM_PAD];
     __shared__ float Bs[MM_BK][MM_BN + MM_PAD];
     const int tiles_ic = (IC + MM_BN - 1) / MM_BN;
-    const int n_dw = ((OC + MM_BM - 1) / MM_BM) * tiles_ic;
-    const int n_db = dbias ? (OC + 31) / 32 : 0;
+    const int tiles_w = ((OC + MM_BM - 1) / MM_BM) * tiles_ic;
+    const int n_dw = tiles_w * chunks;
+    const int n_db = dbias ? ((OC + 31) / 32) * chunks : 0;
+    const size_t slab = (size_t)OC * IC + OC;  // scratch floats per chunk
     int b = blockIdx.x;
     if (b < n_dw) {
-        // A(m,k) = dout[k*OC + m] (m-contiguous); B(k,n) = inp[k*IC + n] (n-contiguous)
-        gemm_tile<false, false>(dweight, dout, inp, nullptr, OC, IC, N, OC, IC, IC, 1, b / tiles_ic,
-                                b % tiles_ic, As, Bs);
+        const int chunk = b / tiles_w, tile = b % tiles_w;
+        const int row0 = chunk * chunk_len;
+        const int rows = max(0, min(chunk_len, N - row0));
+        // A(m,k) = dout[(row0+k)*OC + m] (m-contiguous); B(k,n) = inp[(row0+k)*IC + n] (n-contiguous)
+        const float* A = dout + (size_t)row0 * OC;
+        const float* B = inp + (size_t)row0 * IC;
+        if (chunks == 1)  // += into dweight
+            gemm_tile<false, false>(dweight, A, B, nullptr, OC, IC, rows, OC, IC, IC, 1, tile / tiles_ic,
+                                    tile % tiles_ic, As, Bs);
+        else  // = this chunk's partial into its scratch slab
+            gemm_tile<false, false>(scratch + (size_t)chunk * slab, A, B, nullptr, OC, IC, rows, OC, IC, IC, 0,
+                                    tile / tiles_ic, tile % tiles_ic, As, Bs);
         return;
     }
     b -= n_dw;
     if (b < n_db) {
-        // dbias: warp g sums rows g, g+8, ... of 32 columns in order, then warp 0 adds the
-        // 8 partials in order (fixed order for a fixed block size: deterministic)
+        // dbias: warp g sums rows row0+g, row0+g+8, ... of the chunk for 32 columns in order,
+        // then warp 0 adds the 8 partials in order (fixed order for a fixed block size)
+        const int tiles_b = (OC + 31) / 32;
+        const int chunk = b / tiles_b;
         const int lane = threadIdx.x % 32, g = threadIdx.x / 32, G = MM_THREADS / 32;
-        const int col = b * 32 + lane;
+        const int col = (b % tiles_b) * 32 + lane;
+        const int row0 = chunk * chunk_len;
+        const int row1 = min(N, row0 + chunk_len);
         float s = 0.0f;
         if (col < OC)
-            for (int r = g; r < N; r += G) s += dout[(size_t)r * OC + col];
+            for (int r = row0 + g; r < row1; r += G) s += dout[(size_t)r * OC + col];
         float(*part)[32] = reinterpret_cast<float(*)[32]>(&As[0][0]);  // 8 x 32 floats fit in As
         part[g][lane] = s;
         __syncthreads();
         if (g == 0 && col < OC) {
             float t = 0.0f;
             for (int k = 0; k < G; k++) t += part[k][lane];
-            dbias[col] += t;
+            if (chunks == 1) dbias[col] += t;
+            else scratch[(size_t)chunk * slab + (size_t)OC * IC + col] = t;
         }
         return;
     }
@@ -141,3 +177,21 @@ extern "C" __global__ void matmul_backward(float* __restrict__ dinp, float* __re
                            As, Bs);
 }
 CUDAENC_REGISTER(matmul_backward)
+
+// Second pass of the split-K weight gradients (chunks > 1): for e < OC*IC,
+// dweight[e] += sum over s = 0..chunks-1 (in that order) of scratch[s*(OC*IC+OC) + e];
+// for e = OC*IC + o, the same into dbias[o] (skipped when dbias is null).
+// Grid ceil((OC*IC + OC) / 256) x block 256, one element per thread: reads coalesce
+// within each slab.
+extern "C" __global__ void matmul_backward_reduce(float* __restrict__ dweight, float* __restrict__ dbias,
+                                                  const float* __restrict__ scratch, int IC, int OC,
+                                                  int chunks) {
+    const size_t nw = (size_t)OC * IC, slab = nw + OC;
+    const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= slab || (e >= nw && !dbias)) return;
+    float t = 0.0f;
+    for (int s = 0; s < chunks; s++) t += scratch[(size_t)s * slab + e];
+    if (e < nw) dweight[e] += t;
+    else dbias[e - nw] += t;
+}
+CUDAENC_REGISTER(matmul_backward_reduce)

@@ -164,13 +164,17 @@ fn matmul_forward(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
 fn matmul_backward(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
     let (dout, inp, w) = (rand_buf(gpu, n * oc, 1)?, rand_buf(gpu, n * ic, 2)?, rand_buf(gpu, oc * ic, 3)?);
     let (dinp, dw, db) = (gpu.zeros(n * ic)?, gpu.zeros(oc * ic)?, gpu.zeros(oc)?);
+    // split-K workspace, allocated once like the model's (its traffic is not counted:
+    // bytes is what the op must move, whatever the kernel's scheme)
+    let scratch = gpu.zeros(ops::matmul::matmul_backward_scratch_len(n, ic, oc))?;
+    let (chunks, _) = ops::matmul::matmul_backward_chunks(n, ic, oc);
     Ok(Case {
-        shape: format!("N={n} IC={ic} OC={oc}"),
+        shape: format!("N={n} IC={ic} OC={oc} S={chunks}"),
         // reads dout, inp, weight; writes dinp; dweight and dbias read and written
         bytes: F * (n * oc + n * ic + oc * ic + n * ic + 2 * oc * ic + 2 * oc) as f64,
         na: false,
         flops: 4.0 * (n * ic * oc) as f64 + (n * oc) as f64,
-        run: Box::new(move |g| ops::matmul::matmul_backward(g, &dinp, &dw, Some(&db), &dout, &inp, &w, n, ic, oc)),
+        run: Box::new(move |g| ops::matmul::matmul_backward(g, &dinp, &dw, Some(&db), &scratch, &dout, &inp, &w, n, ic, oc)),
     })
 }
 
@@ -232,14 +236,16 @@ fn layernorm_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (dout, inp, w) = (rand_buf(gpu, n * c, 1)?, rand_buf(gpu, n * c, 2)?, rand_buf(gpu, c, 3)?);
     let (mean, rstd) = (gpu.zeros(n)?, rand_buf(gpu, n, 4)?);
     let (dinp, dw, db) = (gpu.zeros(n * c)?, gpu.zeros(c)?, gpu.zeros(c)?);
+    let scratch = gpu.zeros(ops::layernorm::layernorm_backward_scratch_len(n, c))?;
+    let (chunks, _) = ops::layernorm::layernorm_backward_chunks(n, c);
     Ok(Case {
-        shape: format!("N={n} C={c}"),
+        shape: format!("N={n} C={c} S={chunks}"),
         // reads dout, inp; dinp read and written; small vectors ignored
         bytes: F * (4 * n * c) as f64,
         na: false,
         flops: 0.0,
         run: Box::new(move |g| {
-            ops::layernorm::layernorm_backward(g, &dinp, &dw, &db, &dout, &inp, &w, &mean, &rstd, n, c)
+            ops::layernorm::layernorm_backward(g, &dinp, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, n, c)
         }),
     })
 }

@@ -1,5 +1,6 @@
 //! matmul_forward / matmul_backward kernels vs the f64 CPU reference, on emu (both fiber
-//! orders) and on cuda when present; determinism of the backward (bit-identical reruns).
+//! orders) and on cuda when present; determinism of the backward (bit-identical reruns),
+//! including the split-K path (several row chunks, see `matmul_backward_chunks`).
 //!
 //! Tolerance per tensor (relative error, floor 1e-2 of the tensor's largest |value|, see
 //! common): `tol(K) = max(1e-5, 3e-6 * sqrt(K))`, K = the length of the sum behind each
@@ -11,7 +12,7 @@ mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64};
 use cudaenc::device::{Buf, Gpu};
-use cudaenc::ops::matmul::{matmul_backward, matmul_forward};
+use cudaenc::ops::matmul::{matmul_backward, matmul_backward_chunks, matmul_backward_scratch_len, matmul_forward};
 use cudaenc::reference::matmul as reference;
 use cudaenc::rng::SplitMix64;
 
@@ -36,6 +37,11 @@ const SHAPES: &[(usize, usize, usize, bool)] = &[
     (257, 67, 33, false),
     (3, 131, 129, true),
     (65, 64, 65, false),
+    // split-K over N with small IC/OC (fast on the emulator): 3 chunks of 334 rows, 16
+    // chunks of 257 (the last one 244), 4 chunks of 256 rows (a full tile) without a bias
+    (1000, 33, 67, true),
+    (4099, 17, 5, true),
+    (1024, 64, 64, false),
 ];
 
 fn check(what: &str, dev: &str, shape: (usize, usize, usize), got: &[f32], want: &[f64], tol: f64) -> Result<(), String> {
@@ -87,8 +93,13 @@ fn run_shape(gpu: &Gpu, n: usize, ic: usize, oc: usize, with_bias: bool) -> anyh
     let d_dw = gpu.upload(&dw0)?;
     let d_db = gpu.upload(&db0)?;
     let dbias: Option<&Buf<f32>> = with_bias.then_some(&d_db);
-    matmul_backward(gpu, &d_dinp, &d_dw, dbias, &d_dout, &d_inp, &d_w, n, ic, oc)?;
+    // scratch exactly as long as the helper says, starting as NaN: the kernel must not read
+    // what it did not write
+    let scratch_len = matmul_backward_scratch_len(n, ic, oc);
+    let d_scratch = gpu.upload(&vec![f32::NAN; scratch_len])?;
+    matmul_backward(gpu, &d_dinp, &d_dw, dbias, &d_scratch, &d_dout, &d_inp, &d_w, n, ic, oc)?;
     let (dinp, dw, db) = (gpu.download(&d_dinp)?, gpu.download(&d_dw)?, gpu.download(&d_db)?);
+    println!("  {dev:<22} N={n:<4} IC={ic:<5} OC={oc:<5} split-K chunks {:?}, scratch {scratch_len}", matmul_backward_chunks(n, ic, oc));
     record(check("dinp", &dev, shape, &dinp, &dinp_r, tol(oc)));
     record(check("dweight", &dev, shape, &dw, &dw_r, tol(n)));
     if with_bias {
@@ -101,7 +112,8 @@ fn run_shape(gpu: &Gpu, n: usize, ic: usize, oc: usize, with_bias: bool) -> anyh
     gpu.write(&d_dinp, &dinp0)?;
     gpu.write(&d_dw, &dw0)?;
     gpu.write(&d_db, &db0)?;
-    matmul_backward(gpu, &d_dinp, &d_dw, dbias, &d_dout, &d_inp, &d_w, n, ic, oc)?;
+    gpu.write(&d_scratch, &vec![f32::NAN; scratch_len])?;
+    matmul_backward(gpu, &d_dinp, &d_dw, dbias, &d_scratch, &d_dout, &d_inp, &d_w, n, ic, oc)?;
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     if !same(&gpu.download(&d_dinp)?, &dinp) || !same(&gpu.download(&d_dw)?, &dw) || !same(&gpu.download(&d_db)?, &db) {
         failures.push(format!("{dev} N={n} IC={ic} OC={oc}: backward differs on rerun"));
@@ -121,6 +133,44 @@ fn matmul_matches_f64_reference_and_is_deterministic() {
         }
     }
     assert!(failures.is_empty(), "matmul failures:\n{}", failures.join("\n"));
+}
+
+/// The chunking depends on the shapes only: one chunk for small N, blocks ~2-4x an H100's
+/// 132 SMs at the model's shapes (N = 16384), chunks covering N exactly once.
+#[test]
+fn matmul_backward_chunking() {
+    for (n, ic, oc) in [(1, 1, 1), (257, 131, 67), (511, 384, 384), (64, 384, 2)] {
+        assert_eq!(matmul_backward_chunks(n, ic, oc).0, 1, "N={n} IC={ic} OC={oc}");
+        assert_eq!(matmul_backward_scratch_len(n, ic, oc), 0);
+    }
+    for (ic, oc, want) in [(384, 384, 11), (384, 1152, 4), (384, 1536, 3), (1536, 384, 3)] {
+        let (s, len) = matmul_backward_chunks(16384, ic, oc);
+        let blocks = s * oc.div_ceil(64) * ic.div_ceil(64);
+        println!("N=16384 IC={ic} OC={oc}: {s} chunks of {len} rows, {blocks} dweight blocks");
+        assert_eq!(s, want, "IC={ic} OC={oc}");
+        assert!((264..=528).contains(&blocks), "IC={ic} OC={oc}: {blocks} dweight blocks");
+    }
+    for n in [0, 1, 255, 256, 511, 512, 1000, 4099, 16384, 100_000] {
+        for (ic, oc) in [(1, 1), (17, 5), (384, 384), (1536, 384)] {
+            let (s, len) = matmul_backward_chunks(n, ic, oc);
+            assert!(s * len >= n && (s - 1) * len < n.max(1), "N={n} IC={ic} OC={oc}: {s} x {len}");
+            // non-decreasing in N, so scratch sized at the largest N serves smaller ones
+            assert!(matmul_backward_scratch_len(n + 1, ic, oc) >= matmul_backward_scratch_len(n, ic, oc));
+        }
+    }
+}
+
+#[test]
+fn matmul_backward_short_scratch_is_an_error() {
+    let gpu = Gpu::emu();
+    let (n, ic, oc) = (1000, 8, 8);
+    let need = matmul_backward_scratch_len(n, ic, oc);
+    assert!(need > 0);
+    let (dinp, inp, dout) = (gpu.zeros::<f32>(n * ic).unwrap(), gpu.zeros::<f32>(n * ic).unwrap(), gpu.zeros::<f32>(n * oc).unwrap());
+    let (dw, w, db) = (gpu.zeros::<f32>(oc * ic).unwrap(), gpu.zeros::<f32>(oc * ic).unwrap(), gpu.zeros::<f32>(oc).unwrap());
+    let short = gpu.zeros::<f32>(need - 1).unwrap();
+    let e = matmul_backward(&gpu, &dinp, &dw, Some(&db), &short, &dout, &inp, &w, n, ic, oc).expect_err("short scratch");
+    assert!(format!("{e:#}").contains("scratch"), "{e:#}");
 }
 
 #[test]

@@ -22,9 +22,9 @@ use crate::ops::dropout::{dropout_backward, dropout_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
-use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
+use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
 use crate::ops::loss::{sigmoid_bce_backward, sigmoid_bce_forward, softmax_ce_backward, softmax_ce_forward};
-use crate::ops::matmul::{matmul_backward, matmul_forward};
+use crate::ops::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
 use crate::ops::residual::residual_forward;
 use crate::reference::embedding::embedding_backward_order;
@@ -172,6 +172,27 @@ pub struct GpuModel {
     seeds: Option<DropoutSeeds>,
     norm: Buf<f32>,
     norm_scratch: Buf<f32>,
+    /// Workspace of the split weight-gradient reductions (matmul_backward and
+    /// layernorm_backward partial sums), shared by every backward launch (one stream, one
+    /// launch at a time); sized by `backward_scratch_len` for the largest batch so far.
+    bwd_scratch: Buf<f32>,
+}
+
+/// Scratch floats the backward needs for N = B*T rows: the largest split-K workspace of
+/// its matmuls (qkv, attn proj, fc, fc proj at N; the head at B) and layer norms.
+fn backward_scratch_len(cfg: &ModelConfig, b: usize, n: usize) -> usize {
+    let (c, f, k) = (cfg.d_model, cfg.d_ff, cfg.loss.outputs());
+    [
+        matmul_backward_scratch_len(b, c, k),
+        matmul_backward_scratch_len(n, c, 3 * c),
+        matmul_backward_scratch_len(n, c, c),
+        matmul_backward_scratch_len(n, c, f),
+        matmul_backward_scratch_len(n, f, c),
+        layernorm_backward_scratch_len(n, c),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
 }
 
 impl GpuModel {
@@ -195,6 +216,7 @@ impl GpuModel {
             seeds: None,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
+            bwd_scratch: gpu.zeros(0)?,
         })
     }
 
@@ -230,6 +252,12 @@ impl GpuModel {
             self.acts = None; // free the old buffers first
             self.acts = Some(Acts::new(gpu, &self.cfg, cap)?);
             self.cap = cap;
+        }
+        // the split-K workspace grows with the batch like the activations (never per launch)
+        let scratch = backward_scratch_len(&self.cfg, b, b * t);
+        if self.bwd_scratch.len() < scratch {
+            self.bwd_scratch = gpu.zeros(0)?; // free the old one first
+            self.bwd_scratch = gpu.zeros(scratch)?;
         }
         let a = self.acts.as_ref().unwrap();
         let n = b * t;
@@ -317,6 +345,7 @@ impl GpuModel {
         let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
         let a = self.acts.as_ref().unwrap();
         let (w, g) = (&self.params, &self.grads);
+        let ws = &self.bwd_scratch;
         let (ids, lens, labels) = (head(&a.ids, n), head(&a.lens, b), head(&a.labels, b));
         let (dres, dbranch, dln, datty) = (head(&a.dres, nc), head(&a.dbranch, nc), head(&a.dln, nc), head(&a.datty, nc));
         let (dqkv, dfch, dfch_gelu) = (head(&a.dqkv, n3c), head(&a.dfch, nf), head(&a.dfch_gelu, nf));
@@ -327,25 +356,25 @@ impl GpuModel {
             Loss::Ce => softmax_ce_backward(gpu, &dlogits, &probs, &labels, b, k)?, // (B,K)
             Loss::Bce => sigmoid_bce_backward(gpu, &dlogits, &probs, &labels, b)?,
         }
-        matmul_backward(gpu, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
+        matmul_backward(gpu, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
         meanpool_backward(gpu, &dln, &dpooled, &lens, b, t, c)?; //                  (B,T,C)
         gpu.zero(&dres)?;
         let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
-        layernorm_backward(gpu, &dres, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), n, c)?;
+        layernorm_backward(gpu, &dres, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), n, c)?;
         for l in (0..nl).rev() {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) };
             // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.ffn(l)), p)?; //      (B,T,C)
-            matmul_backward(gpu, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
+            matmul_backward(gpu, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), ws, &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
             gelu_backward(gpu, &dfch, &dfch_gelu, &layer(&a.fch, l, nf))?; //          (B,T,F)
-            matmul_backward(gpu, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), n, c)?;
+            matmul_backward(gpu, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
+            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), n, c)?;
             // res_attn = x + dropout(y)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
-            matmul_backward(gpu, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
+            matmul_backward(gpu, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
             attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.att, l, natt), &lens, b, t, c, nh)?; // (B,T,3C)
-            matmul_backward(gpu, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
+            matmul_backward(gpu, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
+            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
         dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)
         let (pos, starts) = (head(&a.emb_pos, n), head(&a.emb_starts, self.n_unique));

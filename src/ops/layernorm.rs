@@ -3,6 +3,32 @@
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
 use anyhow::{ensure, Result};
 
+/// Row split of dweight/dbias: about this many column-chunk blocks (~3x the 132 SMs of
+/// an H100; fixed, never read off the device, so results do not depend on the GPU).
+const SPLIT_TARGET_BLOCKS: usize = 384;
+/// At least this many rows per chunk; N below 2x this is never split.
+pub const SPLIT_MIN_ROWS: usize = 256;
+/// At most this many chunks.
+pub const SPLIT_MAX_CHUNKS: usize = 32;
+
+/// Number of row chunks S for the backward's dweight/dbias and the rows per chunk (chunk
+/// s: rows `s*len .. min((s+1)*len, N)`). Shapes only: S = min(ceil(384 / ceil(C/32)),
+/// floor(N / 256), 32), at least 1; non-decreasing in N. C = 384, N = 16384: S = 32
+/// chunks of 512 rows (384 column blocks instead of 12).
+pub fn layernorm_backward_chunks(n: usize, c: usize) -> (usize, usize) {
+    let s = ceil_div(SPLIT_TARGET_BLOCKS, ceil_div(c, 32).max(1)).min(n / SPLIT_MIN_ROWS).clamp(1, SPLIT_MAX_CHUNKS);
+    (s, ceil_div(n, s))
+}
+
+/// Floats of scratch [`layernorm_backward`] needs: S x 2C partial sums when it splits the
+/// rows (S > 1), else 0.
+pub fn layernorm_backward_scratch_len(n: usize, c: usize) -> usize {
+    match layernorm_backward_chunks(n, c) {
+        (1, _) => 0,
+        (s, _) => s * 2 * c,
+    }
+}
+
 /// Threads per block: a multiple of 32 covering C, at most 256 (wider rows loop).
 fn block_size(c: usize) -> u32 {
     (ceil_div(c.max(1), 32) * 32).min(256) as u32
@@ -31,13 +57,16 @@ pub fn layernorm_forward(
 }
 
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout, inp, weight, mean, rstd.
-/// Deterministic: bit-identical on reruns.
+/// `scratch`: at least [`layernorm_backward_scratch_len`]`(n, c)` floats of workspace
+/// (clobbered). When the rows are split, a second launch adds the per-chunk partials in
+/// chunk order. Deterministic: bit-identical on reruns.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     gpu: &Gpu,
     dinp: &impl DeviceSlice<f32>,
     dweight: &impl DeviceSlice<f32>,
     dbias: &impl DeviceSlice<f32>,
+    scratch: &impl DeviceSlice<f32>,
     dout: &impl DeviceSlice<f32>,
     inp: &impl DeviceSlice<f32>,
     weight: &impl DeviceSlice<f32>,
@@ -49,12 +78,21 @@ pub fn layernorm_backward(
     ensure!(dinp.len() == n * c && dout.len() == n * c && inp.len() == n * c, "layernorm_backward: (N, C) tensors");
     ensure!(dweight.len() == c && dbias.len() == c && weight.len() == c, "layernorm_backward: (C) tensors");
     ensure!(mean.len() == n && rstd.len() == n, "layernorm_backward: (N) tensors");
+    let need = layernorm_backward_scratch_len(n, c);
+    ensure!(scratch.len() >= need, "layernorm_backward: scratch of {} floats, N={n} C={c} needs {need}", scratch.len());
     if n == 0 || c == 0 {
         return Ok(());
     }
-    let grid = n + ceil_div(c, 32); // N row blocks, then one block per 32 columns
-    let args: [Arg; 10] = [
-        dinp.arg(), dweight.arg(), dbias.arg(), dout.arg(), inp.arg(), weight.arg(), mean.arg(), rstd.arg(), n.into(), c.into(),
+    let (chunks, chunk_len) = layernorm_backward_chunks(n, c);
+    let grid = ceil_div(c, 32) * chunks + n; // column-chunk blocks, then N row blocks
+    let args: [Arg; 13] = [
+        dinp.arg(), dweight.arg(), dbias.arg(), scratch.arg(), dout.arg(), inp.arg(), weight.arg(), mean.arg(), rstd.arg(),
+        n.into(), c.into(), chunks.into(), chunk_len.into(),
     ];
-    gpu.launch("layernorm_backward", grid, block_size(c), 0, &args)
+    gpu.launch("layernorm_backward", grid, block_size(c), 0, &args)?;
+    if chunks == 1 {
+        return Ok(());
+    }
+    let args: [Arg; 5] = [dweight.arg(), dbias.arg(), scratch.arg(), c.into(), chunks.into()];
+    gpu.launch("layernorm_backward_reduce", ceil_div(2 * c, 256), 256u32, 0, &args)
 }
