@@ -175,14 +175,22 @@ fn train_step_matches_f64_reference() {
     assert!(failures.is_empty(), "train step failures:\n{}", failures.join("\n"));
 }
 
-/// Several steps, batches of different shapes (the activations grow on the third),
+/// Several steps, batches of different shapes (the activations grow on the third and
+/// the fifth, which is long enough for the split-K reductions),
 /// run twice from the same seeds: every statistic and every parameter and moment
 /// bit-identical.
 #[test]
 fn training_is_bit_identical_across_runs() {
     for loss in [Loss::Ce, Loss::Bce] {
         let cfg = config(loss);
-        let batches = [batch(&[6, 2, 0], 1), batch(&[3, 4, 1, 2], 2), batch(&[9, 9, 5, 1, 7, 3], 3), batch(&[2], 4)];
+        // the last batch has N = 6 x 100 = 600 rows (2 chunks): the split-K weight-gradient paths
+        let batches = [
+            batch(&[6, 2, 0], 1),
+            batch(&[3, 4, 1, 2], 2),
+            batch(&[9, 9, 5, 1, 7, 3], 3),
+            batch(&[2], 4),
+            batch(&[100, 90, 80, 70, 60, 50], 5),
+        ];
         let run = |gpu: Gpu| -> anyhow::Result<(Vec<[u32; 2]>, Vec<u32>, Vec<u32>, Vec<u32>)> {
             let mut e = GpuEngine::new(gpu, &cfg, &OptimConfig::default(), 3, 9)?;
             let mut stats = Vec::new();
