@@ -66,6 +66,14 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(L))
         self.lnf = nn.LayerNorm(C)
         self.head = nn.Linear(C, 1)
+        # the crate's init (model::params::init_params): normal 0.02, residual projections
+        # 0.02 / sqrt(2 L), biases 0, layer norms 1 / 0
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * L) if name.endswith(("proj.weight", "fc_proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif "ln" not in name:
+                nn.init.zeros_(p)
 
     def forward(self, ids, lens):
         t = ids.shape[1]

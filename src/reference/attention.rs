@@ -62,11 +62,8 @@ pub fn attention_forward<T: Float>(
 /// A stable softmax of one row of scores, in place.
 fn softmax_in_place<T: Float>(row: &mut [T]) {
     let maxv = row.iter().copied().fold(T::neg_infinity(), T::max);
-    let mut sum = T::zero();
-    for r in row.iter_mut() {
-        *r = (*r - maxv).exp();
-        sum += *r;
-    }
+    row.iter_mut().for_each(|r| *r = (*r - maxv).fast_exp()); // vectorizes for f32
+    let sum: T = row.iter().copied().sum();
     let inv = T::one() / sum;
     row.iter_mut().for_each(|r| *r *= inv);
 }
