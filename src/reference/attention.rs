@@ -61,11 +61,54 @@ pub fn attention_forward<T: Float>(
 
 /// A stable softmax of one row of scores, in place.
 fn softmax_in_place<T: Float>(row: &mut [T]) {
-    let maxv = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let maxv = max_lanes(row);
     row.iter_mut().for_each(|r| *r = (*r - maxv).fast_exp()); // vectorizes for f32
-    let sum: T = row.iter().copied().sum();
-    let inv = T::one() / sum;
+    let inv = T::one() / dot_lanes(row, None);
     row.iter_mut().for_each(|r| *r *= inv);
+}
+
+/// Lanes of the reductions below: independent accumulators the compiler can vectorize.
+const LANES: usize = 8;
+
+/// The maximum of `x` (-inf if empty), through `LANES` running maxima: the same value as
+/// a sequential scan.
+fn max_lanes<T: Float>(x: &[T]) -> T {
+    let mut m = [T::neg_infinity(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (ml, &v) in m.iter_mut().zip(ch) {
+            *ml = if v > *ml { v } else { *ml };
+        }
+    }
+    rest.iter().chain(&m).fold(T::neg_infinity(), |a, &v| if v > a { v } else { a })
+}
+
+/// `sum x_i y_i` (or `sum x_i` when `y` is None) through `LANES` partial sums
+/// (a reassociation of the sequential sum).
+fn dot_lanes<T: Float>(x: &[T], y: Option<&[T]>) -> T {
+    let mut acc = [T::zero(); LANES];
+    let n = x.len() / LANES * LANES;
+    match y {
+        Some(y) => {
+            assert_eq!(x.len(), y.len());
+            for (cx, cy) in x[..n].chunks_exact(LANES).zip(y[..n].chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    acc[l] += cx[l] * cy[l];
+                }
+            }
+            acc[0] += x[n..].iter().zip(&y[n..]).map(|(&a, &b)| a * b).sum::<T>();
+        }
+        None => {
+            for cx in x[..n].chunks_exact(LANES) {
+                for l in 0..LANES {
+                    acc[l] += cx[l];
+                }
+            }
+            acc[0] += x[n..].iter().copied().sum::<T>();
+        }
+    }
+    acc.iter().copied().sum()
 }
 
 /// dqkv (B,T,3C) =  <-  dout (B,T,C), qkv (B,T,3C), att (B,NH,T,T), lens (B).
@@ -116,7 +159,7 @@ pub fn attention_backward<T: Float>(
             // softmax backward, times the score scale
             for (ds_row, p_row) in ds.chunks_exact_mut(len).zip(p.chunks_exact(t)) {
                 let p_row = &p_row[..len];
-                let pdp: T = p_row.iter().zip(ds_row.iter()).map(|(&a, &b)| a * b).sum();
+                let pdp = dot_lanes(p_row, Some(ds_row));
                 for (d, &pj) in ds_row.iter_mut().zip(p_row) {
                     *d = pj * (*d - pdp) * scale;
                 }
