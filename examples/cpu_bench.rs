@@ -1,12 +1,14 @@
 //! Train-step throughput of the `cpu` device on real IMDB batches, and the same batches
 //! dumped for `benches/pytorch_cpu.py` so both sides time identical work.
 //!
-//! cargo run --release --example cpu_bench -- DATA [STEPS] [--dump FILE] [--repeats R]
+//! cargo run --release --example cpu_bench -- DATA [STEPS] [--subset N] [--dump FILE] [--repeats R]
 //!
 //! DATA: the IMDB archive (or directory). The batches are the first STEPS (default 40)
 //! training batches of epoch 1 of `cudaenc train --preset cpu --seed 1` (BCE), so they
-//! have that run's length distribution. Two warm-up steps, then R repeats (default 3) of
-//! STEPS steps each; prints valid tokens per second per repeat and their median.
+//! have that run's length distribution; with `--subset N`, of
+//! `cudaenc train --preset cpu --seed 1 --train-subset N` (STEPS 0: all of them).
+//! Two warm-up steps, then R repeats (default 3) of STEPS steps each; prints valid
+//! tokens per second per repeat and their median.
 
 use anyhow::{Context, Result};
 use cudaenc::cli::setup::{self, DataArgs, Preset};
@@ -41,10 +43,12 @@ fn main() -> Result<()> {
     let repeats: usize = flag("--repeats").map(|s| s.parse()).transpose()?.unwrap_or(3);
 
     let seed = 1;
-    let data_args = DataArgs { data: Some(data), val_size: 2500, val_seed: 0, truncate: TruncatePolicy::Head, train_subset: None, full_test: false };
+    let train_subset: Option<usize> = flag("--subset").map(|s| s.parse()).transpose()?;
+    let data_args = DataArgs { data: Some(data), val_size: 2500, val_seed: 0, truncate: TruncatePolicy::Head, train_subset, full_test: false };
     let loaded = setup::load_data(&data_args, seed)?;
     let h = Preset::Cpu.hyper();
     let run = setup::run_data(&loaded, &h, TruncatePolicy::Head, seed);
+    let steps = if steps == 0 { usize::MAX } else { steps };
     let batches: Vec<Batch> = (run.train)(1).into_iter().take(steps).collect();
     let tokens: usize = batches.iter().map(|b| b.valid_tokens()).sum();
     let padded: usize = batches.iter().map(|b| b.batch_size * b.seq_len).sum();
