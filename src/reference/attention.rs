@@ -10,9 +10,11 @@
 
 use rayon::prelude::*;
 
-use super::Float;
+use super::{gemm, Float};
 
 /// out (B,T,C), att (B,NH,T,T) saved probabilities  <-  qkv (B,T,3C), lens (B).
+/// Per (review, head): scores = scale * Q K^T and out = P V are two GEMMs over the valid
+/// block (L x HS)(HS x L) and (L x L)(L x HS), read in place from qkv with its strides.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<T: Float>(
     out: &mut [T],
@@ -34,49 +36,86 @@ pub fn attention_forward<T: Float>(
     if b == 0 || t == 0 || c == 0 {
         return;
     }
+    let c3 = 3 * c;
     out.par_chunks_mut(t * c)
         .zip(att.par_chunks_mut(nh * t * t))
         .enumerate()
         .for_each(|(bi, (out_b, att_b))| {
-            let qkv_b = &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c];
+            let qkv_b = &qkv[bi * t * c3..(bi + 1) * t * c3];
             let len = (lens[bi] as usize).min(t);
             out_b.fill(T::zero());
             att_b.fill(T::zero());
             for h in 0..nh {
-                for i in 0..len {
-                    let q = &qkv_b[i * 3 * c + h * hs..i * 3 * c + (h + 1) * hs];
-                    let row = &mut att_b[(h * t + i) * t..(h * t + i) * t + len];
-                    // scores and their max (for a stable softmax)
-                    let mut maxv = T::neg_infinity();
-                    for (j, r) in row.iter_mut().enumerate() {
-                        let k = &qkv_b[j * 3 * c + c + h * hs..j * 3 * c + c + (h + 1) * hs];
-                        let s = q.iter().zip(k).map(|(&a, &b)| a * b).sum::<T>() * scale;
-                        *r = s;
-                        if s > maxv {
-                            maxv = s;
-                        }
-                    }
-                    let mut sum = T::zero();
-                    for r in row.iter_mut() {
-                        *r = (*r - maxv).exp();
-                        sum += *r;
-                    }
-                    let inv = T::one() / sum;
-                    let o = &mut out_b[i * c + h * hs..i * c + (h + 1) * hs];
-                    for (j, r) in row.iter_mut().enumerate() {
-                        *r *= inv;
-                        let v = &qkv_b[j * 3 * c + 2 * c + h * hs..j * 3 * c + 2 * c + (h + 1) * hs];
-                        for (od, &vd) in o.iter_mut().zip(v) {
-                            *od += *r * vd;
-                        }
-                    }
+                let att_h = &mut att_b[h * t * t..(h + 1) * t * t];
+                let (q, k, v) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &qkv_b[2 * c + h * hs..]);
+                // scores (L, L) = scale * q (L, HS) @ k^T (HS, L), rows of att_h with stride T
+                gemm(len, hs, len, scale, q, (c3, 1), k, (1, c3), T::zero(), att_h, (t, 1));
+                for row in att_h.chunks_exact_mut(t).take(len) {
+                    softmax_in_place(&mut row[..len]);
                 }
+                // out (L, HS) = p (L, L) @ v (L, HS)
+                gemm(len, len, hs, T::one(), att_h, (t, 1), v, (c3, 1), T::zero(), &mut out_b[h * hs..], (c, 1));
             }
         });
 }
 
+/// A stable softmax of one row of scores, in place.
+fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let maxv = max_lanes(row);
+    row.iter_mut().for_each(|r| *r = (*r - maxv).fast_exp()); // vectorizes for f32
+    let inv = T::one() / dot_lanes(row, None);
+    row.iter_mut().for_each(|r| *r *= inv);
+}
+
+/// Lanes of the reductions below: independent accumulators the compiler can vectorize.
+const LANES: usize = 8;
+
+/// The maximum of `x` (-inf if empty), through `LANES` running maxima: the same value as
+/// a sequential scan.
+fn max_lanes<T: Float>(x: &[T]) -> T {
+    let mut m = [T::neg_infinity(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (ml, &v) in m.iter_mut().zip(ch) {
+            *ml = if v > *ml { v } else { *ml };
+        }
+    }
+    rest.iter().chain(&m).fold(T::neg_infinity(), |a, &v| if v > a { v } else { a })
+}
+
+/// `sum x_i y_i` (or `sum x_i` when `y` is None) through `LANES` partial sums
+/// (a reassociation of the sequential sum).
+fn dot_lanes<T: Float>(x: &[T], y: Option<&[T]>) -> T {
+    let mut acc = [T::zero(); LANES];
+    let n = x.len() / LANES * LANES;
+    match y {
+        Some(y) => {
+            assert_eq!(x.len(), y.len());
+            for (cx, cy) in x[..n].chunks_exact(LANES).zip(y[..n].chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    acc[l] += cx[l] * cy[l];
+                }
+            }
+            acc[0] += x[n..].iter().zip(&y[n..]).map(|(&a, &b)| a * b).sum::<T>();
+        }
+        None => {
+            for cx in x[..n].chunks_exact(LANES) {
+                for l in 0..LANES {
+                    acc[l] += cx[l];
+                }
+            }
+            acc[0] += x[n..].iter().copied().sum::<T>();
+        }
+    }
+    acc.iter().copied().sum()
+}
+
 /// dqkv (B,T,3C) =  <-  dout (B,T,C), qkv (B,T,3C), att (B,NH,T,T), lens (B).
 /// Padded positions get dqkv = 0 (as queries they output nothing; as keys they are masked).
+/// Per (review, head), with P the saved probabilities over the valid block:
+/// dP = dO V^T, dV = P^T dO, dS = P * (dP - rowsum(P * dP)) * scale, dQ = dS K, dK = dS^T Q
+/// (four GEMMs and one elementwise pass).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dqkv: &mut [T],
@@ -97,41 +136,37 @@ pub fn attention_backward<T: Float>(
     if b == 0 || t == 0 || c == 0 {
         return;
     }
-    dqkv.par_chunks_mut(t * 3 * c).enumerate().for_each(|(bi, dqkv_b)| {
-        let qkv_b = &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c];
+    let c3 = 3 * c;
+    dqkv.par_chunks_mut(t * c3).enumerate().for_each_init(Vec::new, |ds, (bi, dqkv_b)| {
+        let qkv_b = &qkv[bi * t * c3..(bi + 1) * t * c3];
         let dout_b = &dout[bi * t * c..(bi + 1) * t * c];
         let att_b = &att[bi * nh * t * t..(bi + 1) * nh * t * t];
         let len = (lens[bi] as usize).min(t);
         dqkv_b.fill(T::zero());
-        let mut dp = vec![T::zero(); len];
+        if len == 0 {
+            return;
+        }
+        ds.clear();
+        ds.resize(len * len, T::zero()); // (L, L) scratch: dP, then dS in place
         for h in 0..nh {
-            for i in 0..len {
-                let p = &att_b[(h * t + i) * t..(h * t + i) * t + len];
-                let d_o = &dout_b[i * c + h * hs..i * c + (h + 1) * hs];
-                // dp_j = dout_i . v_j ;  dv_j += p_j dout_i
-                for j in 0..len {
-                    let vo = j * 3 * c + 2 * c + h * hs;
-                    let v = &qkv_b[vo..vo + hs];
-                    dp[j] = d_o.iter().zip(v).map(|(&a, &b)| a * b).sum::<T>();
-                    for (dv, &g) in dqkv_b[vo..vo + hs].iter_mut().zip(d_o) {
-                        *dv += p[j] * g;
-                    }
-                }
-                // softmax backward: ds_j = p_j (dp_j - sum_k p_k dp_k)
-                let pdp: T = p.iter().zip(&dp).map(|(&a, &b)| a * b).sum();
-                let qo = i * 3 * c + h * hs;
-                for j in 0..len {
-                    let ds = p[j] * (dp[j] - pdp) * scale;
-                    let ko = j * 3 * c + c + h * hs;
-                    // dq_i += ds_j k_j ; dk_j += ds_j q_i
-                    for d in 0..hs {
-                        let kd = qkv_b[ko + d];
-                        let qd = qkv_b[qo + d];
-                        dqkv_b[qo + d] += ds * kd;
-                        dqkv_b[ko + d] += ds * qd;
-                    }
+            let p = &att_b[h * t * t..(h + 1) * t * t]; // rows with stride T
+            let d_o = &dout_b[h * hs..];
+            let (q, k, v) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &qkv_b[2 * c + h * hs..]);
+            // dP (L, L) = dO (L, HS) @ v^T (HS, L)
+            gemm(len, hs, len, T::one(), d_o, (c, 1), v, (1, c3), T::zero(), ds, (len, 1));
+            // dV (L, HS) = p^T (L, L) @ dO (L, HS)
+            gemm(len, len, hs, T::one(), p, (1, t), d_o, (c, 1), T::zero(), &mut dqkv_b[2 * c + h * hs..], (c3, 1));
+            // softmax backward, times the score scale
+            for (ds_row, p_row) in ds.chunks_exact_mut(len).zip(p.chunks_exact(t)) {
+                let p_row = &p_row[..len];
+                let pdp = dot_lanes(p_row, Some(ds_row));
+                for (d, &pj) in ds_row.iter_mut().zip(p_row) {
+                    *d = pj * (*d - pdp) * scale;
                 }
             }
+            // dQ (L, HS) = dS (L, L) @ k (L, HS);  dK (L, HS) = dS^T (L, L) @ q (L, HS)
+            gemm(len, len, hs, T::one(), ds, (len, 1), k, (c3, 1), T::zero(), &mut dqkv_b[h * hs..], (c3, 1));
+            gemm(len, len, hs, T::one(), ds, (1, len), q, (c3, 1), T::zero(), &mut dqkv_b[c + h * hs..], (c3, 1));
         }
     });
 }

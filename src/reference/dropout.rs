@@ -4,7 +4,12 @@
 //! Kernel: `kernels/dropout.cu`; launcher: `src/ops/dropout.rs`.
 //! p == 0 is the identity (no RNG is drawn).
 
+use rayon::prelude::*;
+
 use super::Float;
+
+/// Elements per rayon task (the mask depends on the element index only).
+const CHUNK: usize = 1 << 14;
 use crate::rng::dropout_uniform;
 
 /// Whether element `idx` survives under `seed` at probability `p`.
@@ -21,9 +26,11 @@ pub fn dropout_forward<T: Float>(out: &mut [T], inp: &[T], seed: u64, p: f32) {
         return;
     }
     let scale = T::of(1.0 / (1.0 - p as f64));
-    for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
-        *o = if dropout_keep(seed, i, p) { x * scale } else { T::zero() };
-    }
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).enumerate().for_each(|(ci, (out, inp))| {
+        for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
+            *o = if dropout_keep(seed, ci * CHUNK + i, p) { x * scale } else { T::zero() };
+        }
+    });
 }
 
 /// dinp (N) =  <-  dout (N): the same mask and scale as the forward pass.

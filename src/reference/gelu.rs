@@ -1,7 +1,12 @@
 //! GELU, tanh form: out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 //! Kernel: `kernels/gelu.cu`; launcher: `src/ops/gelu.rs`.
 
+use rayon::prelude::*;
+
 use super::Float;
+
+/// Elements per rayon task (elementwise ops: results do not depend on the split).
+const CHUNK: usize = 1 << 14;
 
 const GELU_SCALE: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 
@@ -9,10 +14,12 @@ const GELU_SCALE: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T]) {
     assert_eq!(out.len(), inp.len());
     let (s, c, half) = (T::of(GELU_SCALE), T::of(0.044715), T::of(0.5));
-    for (o, &x) in out.iter_mut().zip(inp) {
-        let cube = c * x * x * x;
-        *o = half * x * (T::one() + (s * (x + cube)).tanh());
-    }
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| {
+        for (o, &x) in out.iter_mut().zip(inp) {
+            let cube = c * x * x * x;
+            *o = half * x * (T::one() + (s * (x + cube)).fast_tanh());
+        }
+    });
 }
 
 /// dinp (N) =  <-  dout (N), inp (N).
@@ -21,13 +28,15 @@ pub fn gelu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
     assert_eq!(dout.len(), inp.len());
     let (s, c, half) = (T::of(GELU_SCALE), T::of(0.044715), T::of(0.5));
     let three_c = T::of(3.0 * 0.044715);
-    for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
-        let u = s * (x + c * x * x * x);
-        let th = u.tanh();
-        let sech2 = T::one() - th * th;
-        let local = half * (T::one() + th) + half * x * sech2 * s * (T::one() + three_c * x * x);
-        *di = local * d;
-    }
+    dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((dinp, dout), inp)| {
+        for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+            let u = s * (x + c * x * x * x);
+            let th = u.fast_tanh();
+            let sech2 = T::one() - th * th;
+            let local = half * (T::one() + th) + half * x * sech2 * s * (T::one() + three_c * x * x);
+            *di = local * d;
+        }
+    });
 }
 
 #[cfg(test)]

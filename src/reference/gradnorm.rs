@@ -3,15 +3,24 @@
 //! norm = sqrt(sum of g^2 over every parameter gradient);
 //! scale = min(1, max_norm / (norm + 1e-6)), or 1 when max_norm <= 0 (no clipping).
 
+use rayon::prelude::*;
+
 use super::Float;
 
-/// The L2 norm of all of `grads` (accumulated in f64 on the host).
+/// The L2 norm of all of `grads` (accumulated in f64 on the host: per chunk of
+/// `NORM_CHUNK` elements in parallel, then the chunk sums in order).
 pub fn global_norm<T: Float>(grads: &[T]) -> T {
-    let s: f64 = grads.iter().map(|&g| {
-        let g = g.to_f64_();
-        g * g
-    }).sum();
-    T::of(s.sqrt())
+    const NORM_CHUNK: usize = 1 << 16;
+    let partial: Vec<f64> = grads
+        .par_chunks(NORM_CHUNK)
+        .map(|ch| {
+            ch.iter().map(|&g| {
+                let g = g.to_f64_();
+                g * g
+            }).sum()
+        })
+        .collect();
+    T::of(partial.iter().sum::<f64>().sqrt())
 }
 
 /// The factor AdamW multiplies each gradient by.

@@ -1,7 +1,12 @@
 //! Layer norm over the last dimension: out = (x - mean) / sqrt(var + eps) * weight + bias.
 //! Kernel: `kernels/layernorm.cu`; launcher: `src/ops/layernorm.rs`.
 
+use rayon::prelude::*;
+
 use super::Float;
+
+/// Rows per rayon task.
+const ROWS: usize = 256;
 
 /// The epsilon inside the square root, the same in the kernels.
 pub const LAYERNORM_EPS: f64 = 1e-5;
@@ -20,20 +25,28 @@ pub fn layernorm_forward<T: Float>(
 ) {
     assert_eq!(inp.len(), n * c);
     assert_eq!(out.len(), n * c);
+    assert_eq!(mean.len(), n);
+    assert_eq!(rstd.len(), n);
     let eps = T::of(LAYERNORM_EPS);
     let inv_c = T::of(1.0 / c as f64);
-    for row in 0..n {
-        let x = &inp[row * c..(row + 1) * c];
-        let m = x.iter().copied().sum::<T>() * inv_c;
-        let v = x.iter().map(|&xi| (xi - m) * (xi - m)).sum::<T>() * inv_c;
-        let s = T::one() / (v + eps).sqrt();
-        let o = &mut out[row * c..(row + 1) * c];
-        for i in 0..c {
-            o[i] = (x[i] - m) * s * weight[i] + bias[i];
-        }
-        mean[row] = m;
-        rstd[row] = s;
+    if n == 0 || c == 0 {
+        return;
     }
+    out.par_chunks_mut(ROWS * c)
+        .zip(inp.par_chunks(ROWS * c))
+        .zip(mean.par_chunks_mut(ROWS).zip(rstd.par_chunks_mut(ROWS)))
+        .for_each(|((out, inp), (mean, rstd))| {
+            for (((o, x), m_out), s_out) in out.chunks_exact_mut(c).zip(inp.chunks_exact(c)).zip(mean).zip(rstd) {
+                let m = x.iter().copied().sum::<T>() * inv_c;
+                let v = x.iter().map(|&xi| (xi - m) * (xi - m)).sum::<T>() * inv_c;
+                let s = T::one() / (v + eps).sqrt();
+                for i in 0..c {
+                    o[i] = (x[i] - m) * s * weight[i] + bias[i];
+                }
+                *m_out = m;
+                *s_out = s;
+            }
+        });
 }
 
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout (N, C), inp, weight, mean, rstd.

@@ -7,6 +7,8 @@
 //! Gradient rule: `zero_grad` at the start of each optimizer step; `backward` *adds* the
 //! gradient of this batch's mean loss (see `model::params` for accumulation).
 
+use rayon::prelude::*;
+
 use super::attention::{attention_backward, attention_forward};
 use super::dropout::{dropout_backward, dropout_forward};
 use super::embedding::{embedding_backward, embedding_forward};
@@ -123,7 +125,7 @@ impl<T: Float> Model<T> {
     }
 
     pub fn zero_grad(&mut self) {
-        self.grads.fill(T::zero());
+        self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(T::zero()));
     }
 
     /// Per-review probabilities of the last forward: CE (B, 2) softmax, BCE (B) sigmoid.

@@ -2,15 +2,20 @@
 //! Backward is the identity into both inputs; the model keeps one residual-gradient
 //! buffer, so it only ever needs `residual_backward` where the streams are separate.
 
+use rayon::prelude::*;
+
 use super::Float;
 
 /// out (N)  <-  inp1 (N), inp2 (N).
 pub fn residual_forward<T: Float>(out: &mut [T], inp1: &[T], inp2: &[T]) {
     assert_eq!(out.len(), inp1.len());
     assert_eq!(out.len(), inp2.len());
-    for ((o, &a), &b) in out.iter_mut().zip(inp1).zip(inp2) {
-        *o = a + b;
-    }
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK).zip(inp1.par_chunks(CHUNK)).zip(inp2.par_chunks(CHUNK)).for_each(|((out, inp1), inp2)| {
+        for ((o, &a), &b) in out.iter_mut().zip(inp1).zip(inp2) {
+            *o = a + b;
+        }
+    });
 }
 
 /// dinp1 (N) +=, dinp2 (N) +=  <-  dout (N). Both accumulate (residual stream rule).

@@ -1,0 +1,131 @@
+"""PyTorch on the CPU, the same model and training step as `cudaenc train --device cpu
+--preset cpu` (docs/design.md): token embedding (no positions), dropout, pre-LN encoder
+blocks (bidirectional attention with a key padding mask, GELU tanh FFN), final LN, mean
+pool over valid tokens, BCE head; global-norm clip 1.0, AdamW (decay on 2-D tensors only).
+
+It times the batches that `examples/cpu_bench.rs --dump FILE` wrote (real IMDB batches),
+so both sides do identical work:
+
+    cargo run --release --example cpu_bench -- DATA 40 --dump /tmp/batches.bin
+    python benches/pytorch_cpu.py /tmp/batches.bin [--repeats 3]
+
+Prints valid tokens per second per repeat (after two warm-up steps) and the median.
+"""
+
+import argparse
+import math
+import struct
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+V, C, L, NH, FF, P = 100_277, 64, 1, 4, 256, 0.1
+
+
+def read_batches(path):
+    raw = open(path, "rb").read()
+    (n,), off = struct.unpack_from("<I", raw, 0), 4
+    out = []
+    for _ in range(n):
+        b, t = struct.unpack_from("<II", raw, off)
+        off += 8
+        ids = np.frombuffer(raw, np.uint32, b * t, off).reshape(b, t).astype(np.int64)
+        off += 4 * b * t
+        lens = np.frombuffer(raw, np.uint32, b, off).astype(np.int64)
+        off += 4 * b
+        labels = np.frombuffer(raw, np.uint8, b, off).astype(np.float32)
+        off += b
+        out.append((torch.from_numpy(ids), torch.from_numpy(lens), torch.from_numpy(labels)))
+    return out
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.fc, self.fc_proj = nn.Linear(C, FF), nn.Linear(FF, C)
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, NH, C // NH).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B,NH,T,HS)
+        a = a.transpose(1, 2).reshape(b, t, C)
+        x = x + F.dropout(self.proj(a), P, self.training)
+        f = F.gelu(self.fc(self.ln2(x)), approximate="tanh")
+        return x + F.dropout(self.fc_proj(f), P, self.training)
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(V, C)
+        self.blocks = nn.ModuleList(Block() for _ in range(L))
+        self.lnf = nn.LayerNorm(C)
+        self.head = nn.Linear(C, 1)
+        # the crate's init (model::params::init_params): normal 0.02, residual projections
+        # 0.02 / sqrt(2 L), biases 0, layer norms 1 / 0
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * L) if name.endswith(("proj.weight", "fc_proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif "ln" not in name:
+                nn.init.zeros_(p)
+
+    def forward(self, ids, lens):
+        t = ids.shape[1]
+        valid = torch.arange(t)[None, :] < lens[:, None]  # (B,T)
+        mask = valid[:, None, None, :]  # keys; padded queries still attend to valid keys
+        x = F.dropout(self.wte(ids), P, self.training)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        x = self.lnf(x) * valid[..., None]
+        pooled = x.sum(1) / lens.clamp(min=1)[:, None]
+        return self.head(pooled).squeeze(-1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("batches")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    batches = read_batches(a.batches)
+    tokens = sum(int(l.sum()) for _, l, _ in batches)
+    model = Model()
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+    model.train()
+
+    def step(ids, lens, y):
+        loss = F.binary_cross_entropy_with_logits(model(ids, lens), y)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    for ids, lens, y in batches[:2]:
+        step(ids, lens, y)
+    rates = []
+    for r in range(a.repeats):
+        t0 = time.perf_counter()
+        for ids, lens, y in batches:
+            loss = step(ids, lens, y)
+        secs = time.perf_counter() - t0
+        rates.append(tokens / secs)
+        print(f"repeat {r}: {secs:.2f}s, {tokens / secs:.0f} tok/s (last loss {loss:.4f})")
+    rates.sort()
+    print(f"pytorch {torch.__version__}: median {rates[len(rates) // 2]:.0f} tok/s over {a.repeats} repeats "
+          f"({len(batches)} batches, {tokens} tokens, threads {torch.get_num_threads()})")
+
+
+if __name__ == "__main__":
+    main()
