@@ -13,14 +13,14 @@ Prints valid tokens per second per repeat (after two warm-up steps) and the medi
 """
 
 import argparse
-import math
 import struct
 import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+# the model is pytorch_reference.py's (same folder), here at the cpu preset's shape
+from pytorch_reference import Classifier
 
 V, C, L, NH, FF, P = 100_277, 64, 1, 4, 256, 0.1
 
@@ -42,51 +42,6 @@ def read_batches(path):
     return out
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-        self.fc, self.fc_proj = nn.Linear(C, FF), nn.Linear(FF, C)
-
-    def forward(self, x, mask):
-        b, t, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, NH, C // NH).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B,NH,T,HS)
-        a = a.transpose(1, 2).reshape(b, t, C)
-        x = x + F.dropout(self.proj(a), P, self.training)
-        f = F.gelu(self.fc(self.ln2(x)), approximate="tanh")
-        return x + F.dropout(self.fc_proj(f), P, self.training)
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.wte = nn.Embedding(V, C)
-        self.blocks = nn.ModuleList(Block() for _ in range(L))
-        self.lnf = nn.LayerNorm(C)
-        self.head = nn.Linear(C, 1)
-        # the crate's init (model::params::init_params): normal 0.02, residual projections
-        # 0.02 / sqrt(2 L), biases 0, layer norms 1 / 0
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * L) if name.endswith(("proj.weight", "fc_proj.weight")) else 0.02
-                nn.init.normal_(p, std=std)
-            elif "ln" not in name:
-                nn.init.zeros_(p)
-
-    def forward(self, ids, lens):
-        t = ids.shape[1]
-        valid = torch.arange(t)[None, :] < lens[:, None]  # (B,T)
-        mask = valid[:, None, None, :]  # keys; padded queries still attend to valid keys
-        x = F.dropout(self.wte(ids), P, self.training)
-        for blk in self.blocks:
-            x = blk(x, mask)
-        x = self.lnf(x) * valid[..., None]
-        pooled = x.sum(1) / lens.clamp(min=1)[:, None]
-        return self.head(pooled).squeeze(-1)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("batches")
@@ -98,14 +53,14 @@ def main():
     torch.manual_seed(1)
     batches = read_batches(a.batches)
     tokens = sum(int(l.sum()) for _, l, _ in batches)
-    model = Model()
+    model = Classifier(V, C, L, NH, FF, P, "bce")
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
     model.train()
 
     def step(ids, lens, y):
-        loss = F.binary_cross_entropy_with_logits(model(ids, lens), y)
+        loss = model(ids, lens, y)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

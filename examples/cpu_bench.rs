@@ -35,6 +35,14 @@ fn dump(batches: &[Batch], path: &str) -> Result<()> {
     std::fs::File::create(path)?.write_all(&out).with_context(|| format!("writing {path}"))
 }
 
+/// println! that ignores a closed pipe (`| head`) instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let data = args.first().context("usage: cpu_bench DATA [STEPS] [--dump FILE] [--repeats R]")?.clone();
@@ -52,10 +60,10 @@ fn main() -> Result<()> {
     let batches: Vec<Batch> = (run.train)(1).into_iter().take(steps).collect();
     let tokens: usize = batches.iter().map(|b| b.valid_tokens()).sum();
     let padded: usize = batches.iter().map(|b| b.batch_size * b.seq_len).sum();
-    println!("{} batches, {tokens} valid tokens, {padded} padded positions", batches.len());
+    say!("{} batches, {tokens} valid tokens, {padded} padded positions", batches.len());
     if let Some(path) = flag("--dump") {
         dump(&batches, &path)?;
-        println!("dumped to {path}");
+        say!("dumped to {path}");
     }
 
     let cfg = setup::model_config(&h, loaded.vocab, Loss::Bce)?;
@@ -76,12 +84,12 @@ fn main() -> Result<()> {
         }
         let secs = t0.elapsed().as_secs_f64();
         rates.push(tokens as f64 / secs);
-        println!("repeat {r}: {secs:.2}s, {:.0} tok/s (last loss {loss:.4})", tokens as f64 / secs);
+        say!("repeat {r}: {secs:.2}s, {:.0} tok/s (last loss {loss:.4})", tokens as f64 / secs);
     }
     if rates.is_empty() {
         return Ok(());
     }
     rates.sort_by(f64::total_cmp);
-    println!("median {:.0} tok/s over {repeats} repeats (threads: rayon {})", rates[rates.len() / 2], rayon::current_num_threads());
+    say!("median {:.0} tok/s over {repeats} repeats (threads: rayon {})", rates[rates.len() / 2], rayon::current_num_threads());
     Ok(())
 }
