@@ -15,6 +15,7 @@ fn stride(hs: usize) -> usize {
     hs | 1
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_shapes(what: &str, qkv: usize, att: usize, lens: usize, b: usize, t: usize, c: usize, nh: usize) -> Result<usize> {
     ensure!(nh > 0 && c % nh == 0, "{what}: C = {c} must be a multiple of NH = {nh}");
     let hs = c / nh;

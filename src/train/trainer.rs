@@ -141,6 +141,7 @@ pub struct Progress {
 /// Train `engine` for `cfg.epochs` epochs on `data`, writing into `dir` when given.
 /// With `resume`, continue from the checkpoint in `dir` (same configuration), ending
 /// where an uninterrupted run would.
+#[allow(clippy::too_many_arguments)] // the run's parts, each used once; a struct would only rename them
 pub fn train_run(
     engine: &mut dyn Engine,
     loss_kind: Loss,
