@@ -24,7 +24,7 @@ pub struct Args {
     /// Seeds initialization, data order, token drop and dropout
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Run folder (default: runs/<loss>-seed<seed>)
+    /// Run folder (default: runs/<loss>-seed<seed>, numbered -2, -3, ... if taken)
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the interrupted run in --out from its last checkpoint
@@ -43,6 +43,16 @@ pub fn tensor_slots(layout: &ParamLayout) -> Vec<TensorSlot> {
         .iter()
         .map(|t| TensorSlot { name: t.name.to_string(), shape: t.shape.clone(), offset: t.offset })
         .collect()
+}
+
+/// `runs/<loss>-seed<seed>`, or the first of `...-2`, `...-3`, ... that holds no run yet,
+/// so that running the same command twice never fails on the folder of the first run.
+fn default_run_dir(loss: Loss, seed: u64) -> PathBuf {
+    let base = format!("runs/{}-seed{seed}", loss.name());
+    (1..)
+        .map(|i| PathBuf::from(if i == 1 { base.clone() } else { format!("{base}-{i}") }))
+        .find(|d| !d.exists())
+        .expect("an unused folder name")
 }
 
 /// One run, shared by `train` and `experiment`.
@@ -84,7 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
     let h = args.hyper.apply(preset);
     let config = RunConfig::new(&h, preset, &loaded, &args.data, args.loss, args.seed, &device)?;
-    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", args.loss.name(), args.seed)));
+    let dir = match (&args.out, args.resume) {
+        (Some(out), _) => out.clone(),
+        (None, true) => bail!("--resume needs --out: the run folder to continue"),
+        (None, false) => default_run_dir(args.loss, args.seed),
+    };
     eprintln!(
         "training {} on {} | data {} ({} train, {} val reviews) | preset {:?}: width {}, {} layers, {} heads, \
          max len {}, batch {}, lr {:.1e}, {} epochs | run folder {}",
