@@ -4,7 +4,7 @@
 //! spread, Welch's t test between the losses, the figures (SVG) and a Markdown report.
 
 use super::setup::{self, DataArgs, Device, HyperArgs, RunConfig};
-use super::train::run_one;
+use super::train::{first_free, run_one};
 use crate::config::Loss;
 use crate::device::DeviceKind;
 use crate::train::metrics::RunRecord;
@@ -29,8 +29,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     /// Experiment folder (one run folder per run inside, plus report.md and the figures)
-    #[arg(long, default_value = "runs/experiment")]
-    pub out: PathBuf,
+    /// (default: runs/experiment, numbered -2, -3, ... if taken)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -59,7 +60,7 @@ fn table(title: &str, rows: &[(Loss, Vec<f64>)]) -> String {
     s
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(!args.losses.is_empty(), "--losses names no loss");
     let device = Device::open(args.device)?;
@@ -68,7 +69,8 @@ pub fn run(args: Args) -> Result<()> {
     let loaded = setup::load_data(&args.data, args.first_seed)?;
     let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
     let h = args.hyper.apply(preset);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.take().unwrap_or_else(|| first_free("runs/experiment"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let t0 = Instant::now();
     let mut results: Vec<(Loss, Vec<RunRecord>)> = Vec::new();
     for &loss in &args.losses {
@@ -76,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
         for r in 0..args.runs {
             let seed = args.first_seed + r as u64;
             let config = RunConfig::new(&h, preset, &loaded, &args.data, loss, seed, &device)?;
-            let dir = args.out.join(format!("{}-seed{seed}", loss.name()));
+            let dir = out.join(format!("{}-seed{seed}", loss.name()));
             let label = format!("{} run {}/{}", loss.name().to_uppercase(), r + 1, args.runs);
             eprintln!("{label}: seed {seed}, {} on {}", dir.display(), device.name());
             records.push(run_one(&device, &loaded, &config, &dir, false, &label)?);
@@ -85,13 +87,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let source = format!("{} ({} train reviews, validation sample of {}, seed {})", loaded.source, loaded.train.len(), loaded.val.len(), args.data.val_seed);
-    let report = write_report(&args, &h, &device.name(), &source, &results, seconds)?;
+    let report = write_report(&args, &out, &h, &device.name(), &source, &results, seconds)?;
     println!("{report}");
     Ok(())
 }
 
 fn write_report(
     args: &Args,
+    out: &std::path::Path,
     h: &setup::Hyper,
     device: &str,
     source: &str,
@@ -163,7 +166,7 @@ fn write_report(
     }
     // figures: box plot of last-epoch accuracies; curves of each loss's best run
     let groups: Vec<(String, Vec<f64>)> = last.iter().map(|(l, v)| (l.name().to_uppercase(), v.clone())).collect();
-    plots::box_plot(&args.out.join("accuracy_boxplot.svg"), "Validation accuracy after the last epoch", &groups)?;
+    plots::box_plot(&out.join("accuracy_boxplot.svg"), "Validation accuracy after the last epoch", &groups)?;
     let best_runs: Vec<(String, &RunRecord)> = results
         .iter()
         .filter_map(|(l, rs)| {
@@ -172,7 +175,7 @@ fn write_report(
                 .map(|r| (format!("{} seed {}", l.name().to_uppercase(), r.seed), r))
         })
         .collect();
-    plots::accuracy_curves(&args.out.join("accuracy_curves.svg"), "Best run of each loss", &best_runs)?;
+    plots::accuracy_curves(&out.join("accuracy_curves.svg"), "Best run of each loss", &best_runs)?;
     md += "\nFigures: `accuracy_boxplot.svg`, `accuracy_curves.svg`.\n";
     let json = serde_json::json!({
         "device": device,
@@ -180,7 +183,7 @@ fn write_report(
         "hyper": h,
         "runs": results.iter().map(|(_, rs)| rs).collect::<Vec<_>>(),
     });
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(args.out.join("report.md"), &md)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(out.join("report.md"), &md)?;
     Ok(md)
 }

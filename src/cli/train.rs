@@ -45,12 +45,11 @@ pub fn tensor_slots(layout: &ParamLayout) -> Vec<TensorSlot> {
         .collect()
 }
 
-/// `runs/<loss>-seed<seed>`, or the first of `...-2`, `...-3`, ... that holds no run yet,
-/// so that running the same command twice never fails on the folder of the first run.
-fn default_run_dir(loss: Loss, seed: u64) -> PathBuf {
-    let base = format!("runs/{}-seed{seed}", loss.name());
+/// `base`, or the first of `base-2`, `base-3`, ... that does not exist yet, so that
+/// running the same command twice never fails on the folder of the first run.
+pub fn first_free(base: &str) -> PathBuf {
     (1..)
-        .map(|i| PathBuf::from(if i == 1 { base.clone() } else { format!("{base}-{i}") }))
+        .map(|i| PathBuf::from(if i == 1 { base.to_string() } else { format!("{base}-{i}") }))
         .find(|d| !d.exists())
         .expect("an unused folder name")
 }
@@ -97,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
     let dir = match (&args.out, args.resume) {
         (Some(out), _) => out.clone(),
         (None, true) => bail!("--resume needs --out: the run folder to continue"),
-        (None, false) => default_run_dir(args.loss, args.seed),
+        (None, false) => first_free(&format!("runs/{}-seed{}", args.loss.name(), args.seed)),
     };
     eprintln!(
         "training {} on {} | data {} ({} train, {} val reviews) | preset {:?}: width {}, {} layers, {} heads, \
