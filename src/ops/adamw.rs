@@ -31,9 +31,9 @@ pub fn adamw_update(
     if n == 0 {
         return Ok(());
     }
-    // bias corrections as the reference computes them: in f64, rounded to f32
-    let bc1 = (1.0 - (beta1 as f64).powi(t as i32)) as f32;
-    let bc2 = (1.0 - (beta2 as f64).powi(t as i32)) as f32;
+    // bias corrections exactly as the reference computes them, rounded to f32
+    let (bc1, bc2) = crate::reference::adamw::adamw_bias_corrections(beta1, beta2, t);
+    let (bc1, bc2) = (bc1 as f32, bc2 as f32);
     let args: [Arg; 13] = [
         params.arg(), m.arg(), v.arg(), grads.arg(), lr.into(), beta1.into(), beta2.into(), bc1.into(), bc2.into(),
         eps.into(), weight_decay.into(), grad_scale.into(), n.into(),

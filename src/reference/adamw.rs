@@ -9,6 +9,12 @@
 use super::Float;
 
 /// params (N), m (N), v (N) updated in place  <-  grads (N). `t` is the 1-based step.
+/// The bias corrections `(1 - beta1^t, 1 - beta2^t)` of step `t`, computed in f64 from
+/// the f32 betas; the kernel's launcher passes the same values (rounded to f32).
+pub fn adamw_bias_corrections(beta1: f32, beta2: f32, t: u64) -> (f64, f64) {
+    (1.0 - (beta1 as f64).powi(t as i32), 1.0 - (beta2 as f64).powi(t as i32))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update<T: Float>(
     params: &mut [T],
@@ -25,10 +31,9 @@ pub fn adamw_update<T: Float>(
 ) {
     assert!(t >= 1, "AdamW steps are 1-based");
     assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
-    let (b1, b2) = (beta1 as f64, beta2 as f64);
-    let bc1 = T::of(1.0 - b1.powi(t as i32));
-    let bc2 = T::of(1.0 - b2.powi(t as i32));
-    let (b1, b2) = (T::of(b1), T::of(b2));
+    let (bc1, bc2) = adamw_bias_corrections(beta1, beta2, t);
+    let (bc1, bc2) = (T::of(bc1), T::of(bc2));
+    let (b1, b2) = (T::of(beta1 as f64), T::of(beta2 as f64));
     let (lr, eps, wd, gs) = (T::of(lr as f64), T::of(eps as f64), T::of(weight_decay as f64), T::of(grad_scale as f64));
     for i in 0..params.len() {
         let g = grads[i] * gs;
