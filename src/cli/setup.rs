@@ -351,24 +351,21 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
 /// A device to train on: the CPU reference, or a kernel device (cuda or emu).
 pub enum Device {
     Cpu,
-    /// The resolved kind (Cuda or Emu) and its name; each engine opens its own handle.
-    Gpu { kind: DeviceKind, name: String },
+    /// The opened kernel device; every engine gets a handle on it (one CUDA context a process).
+    Gpu(Gpu),
 }
 
 impl Device {
     pub fn open(kind: DeviceKind) -> Result<Device> {
         Ok(match Gpu::open(kind)? {
-            Some(gpu) => Device::Gpu {
-                kind: if gpu.is_cuda() { DeviceKind::Cuda } else { DeviceKind::Emu },
-                name: gpu.name(),
-            },
+            Some(gpu) => Device::Gpu(gpu),
             None => Device::Cpu,
         })
     }
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
-            Device::Gpu { name, .. } => name.clone(),
+            Device::Gpu(gpu) => gpu.name(),
         }
     }
     pub fn is_cpu(&self) -> bool {
@@ -379,9 +376,8 @@ impl Device {
     pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Box<dyn Engine>> {
         Ok(match self {
             Device::Cpu => Box::new(CpuEngine::new(cfg, optim, seed, seed)?),
-            Device::Gpu { kind, .. } => {
-                let gpu = Gpu::open(*kind)?.context("the device went away")?;
-                Box::new(GpuEngine::new(gpu, cfg, optim, seed, seed).context("creating the model on the device")?)
+            Device::Gpu(gpu) => {
+                Box::new(GpuEngine::new(gpu.clone(), cfg, optim, seed, seed).context("creating the model on the device")?)
             }
         })
     }

@@ -1,13 +1,15 @@
 //! The real GPU behind [`super::Gpu`], through cudarc 0.19: the embedded PTX, loaded
-//! lazily per module, launched with cuLaunchKernel on one stream. Argument lists are
-//! checked against the `.param` list of the PTX `.entry` before every launch.
+//! lazily per module (with the JIT's error log, so a module the driver cannot load says
+//! why), launched with cuLaunchKernel on one stream. Argument lists are checked against
+//! the `.param` list of the PTX `.entry` before every launch. A process opens each device
+//! once ([`Cuda::shared`]): every `Gpu` handle on it shares the context, stream and modules.
 
 use super::{ptx, Arg, Dim3};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
-use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One kernel parameter as the PTX declares it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +73,93 @@ pub(crate) struct Cuda {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     entries: HashMap<String, (&'static str, Vec<PtxParam>)>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
-    modules: Mutex<HashMap<&'static str, Arc<cudarc::driver::CudaModule>>>,
+    functions: Mutex<HashMap<String, Function>>,
+    modules: Mutex<HashMap<&'static str, Arc<Module>>>,
+    /// The last kernel enqueued: a fault surfaces at a later synchronize, which names it.
+    last_launch: Mutex<String>,
 }
+
+/// A loaded PTX module (unloaded on drop). cudarc's `CudaModule` cannot be built from a
+/// module loaded with JIT options, so the raw handle is kept here.
+struct Module {
+    raw: sys::CUmodule,
+    ctx: Arc<CudaContext>,
+    /// The JIT's info log (verbose: registers and spills per kernel).
+    info_log: String,
+}
+// SAFETY: a CUmodule handle may be used from any thread once its context is current.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+impl Drop for Module {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { result::module::unload(self.raw) };
+    }
+}
+
+/// A kernel of a loaded module (the module is kept alive with it).
+#[derive(Clone)]
+struct Function {
+    raw: sys::CUfunction,
+    _module: Arc<Module>,
+}
+// SAFETY: as for Module.
+unsafe impl Send for Function {}
+unsafe impl Sync for Function {}
+
+/// Load PTX text with the JIT's error and info logs; a failure carries the error log.
+fn load_ptx(ctx: &Arc<CudaContext>, name: &str, text: &str) -> Result<Module> {
+    const LOG: usize = 16 * 1024;
+    use sys::CUjit_option_enum::*;
+    ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
+    let src = CString::new(text).map_err(|_| anyhow!("cuda: PTX module '{name}' contains a NUL byte"))?;
+    let mut err_log = vec![0u8; LOG];
+    let mut info_log = vec![0u8; LOG];
+    let mut opts = [
+        CU_JIT_ERROR_LOG_BUFFER,
+        CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        CU_JIT_INFO_LOG_BUFFER,
+        CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
+        CU_JIT_LOG_VERBOSE,
+    ];
+    // size options are passed by value in the pointer slot (and overwritten with the bytes written)
+    let mut vals: [*mut c_void; 5] = [
+        err_log.as_mut_ptr() as *mut c_void,
+        LOG as *mut c_void,
+        info_log.as_mut_ptr() as *mut c_void,
+        LOG as *mut c_void,
+        1usize as *mut c_void,
+    ];
+    let mut raw = std::mem::MaybeUninit::uninit();
+    let rc = unsafe {
+        sys::cuModuleLoadDataEx(raw.as_mut_ptr(), src.as_ptr() as *const c_void, opts.len() as u32, opts.as_mut_ptr(), vals.as_mut_ptr())
+    };
+    let text_of = |buf: &[u8]| String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(&[])).trim().to_string();
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        let log = text_of(&err_log);
+        bail!(
+            "cuda: the driver cannot load PTX module '{name}' ({}, built by nvcc {}): {rc:?}{}",
+            ptx::PTX_ARCH,
+            ptx::NVCC_VERSION,
+            if log.is_empty() { String::new() } else { format!("\nJIT error log:\n{log}") }
+        );
+    }
+    Ok(Module { raw: unsafe { raw.assume_init() }, ctx: ctx.clone(), info_log: text_of(&info_log) })
+}
+
+/// What the driver reports for one kernel after loading its module (`cudaenc info --load`).
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    pub module: &'static str,
+    pub name: String,
+    pub registers: i32,
+    pub local_bytes: i32,
+    pub static_shared_bytes: i32,
+    pub max_threads_per_block: i32,
+}
+
+/// The devices this process has opened, by ordinal: one context, stream and module set each.
+static OPENED: OnceLock<Mutex<HashMap<usize, Arc<Cuda>>>> = OnceLock::new();
 
 /// Device memory: the allocation and its address.
 pub(crate) struct DevMem {
@@ -106,7 +192,19 @@ pub(crate) fn no_ptx_error() -> anyhow::Error {
 }
 
 impl Cuda {
-    pub(crate) fn new(ordinal: usize) -> Result<Self> {
+    /// Device `ordinal`, opened on the first call and shared by every later one (a process
+    /// creates its CUDA context, stream and modules once).
+    pub(crate) fn shared(ordinal: usize) -> Result<Arc<Cuda>> {
+        let mut opened = OPENED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = opened.get(&ordinal) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Cuda::new(ordinal)?);
+        opened.insert(ordinal, c.clone());
+        Ok(c)
+    }
+
+    fn new(ordinal: usize) -> Result<Self> {
         if let Some(why) = unavailable_reason() {
             bail!("cuda: {why}");
         }
@@ -119,7 +217,14 @@ impl Cuda {
         for (m, text) in ptx::PTX_MODULES {
             parse_entries(m, text, &mut entries);
         }
-        Ok(Cuda { ctx, stream, entries, functions: Mutex::new(HashMap::new()), modules: Mutex::new(HashMap::new()) })
+        Ok(Cuda {
+            ctx,
+            stream,
+            entries,
+            functions: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            last_launch: Mutex::new(String::new()),
+        })
     }
 
     pub(crate) fn name(&self) -> String {
@@ -127,27 +232,56 @@ impl Cuda {
         format!("{}{}", self.ctx.name().unwrap_or_else(|_| "CUDA device".into()), cc)
     }
 
-    fn function(&self, name: &str, module: &'static str) -> Result<CudaFunction> {
-        let mut fns = self.functions.lock().unwrap();
-        if let Some(f) = fns.get(name) {
+    fn module(&self, module: &'static str) -> Result<Arc<Module>> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = mods.get(module) {
+            return Ok(m.clone());
+        }
+        let text = ptx::PTX_MODULES.iter().find(|(n, _)| *n == module).ok_or_else(|| anyhow!("cuda: no PTX module '{module}'"))?.1;
+        let m = Arc::new(load_ptx(&self.ctx, module, text)?);
+        mods.insert(module, m.clone());
+        Ok(m)
+    }
+
+    fn function(&self, name: &str, module: &'static str) -> Result<Function> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Ok(f.clone());
         }
-        let mut mods = self.modules.lock().unwrap();
-        let m = match mods.get(module) {
-            Some(m) => m.clone(),
-            None => {
-                let text = ptx::PTX_MODULES.iter().find(|(n, _)| *n == module).unwrap().1;
-                let m = self
-                    .ctx
-                    .load_module(cudarc::nvrtc::Ptx::from_src(text))
-                    .map_err(|e| anyhow!("cuda: loading PTX module '{module}' ({}): {e:?}", ptx::PTX_ARCH))?;
-                mods.insert(module, m.clone());
-                m
-            }
-        };
-        let f = m.load_function(name).map_err(|e| anyhow!("kernel '{name}': {e:?}"))?;
-        fns.insert(name.to_string(), f.clone());
+        let m = self.module(module)?;
+        let cname = CString::new(name).map_err(|_| anyhow!("kernel '{name}': bad name"))?;
+        let raw = unsafe { result::module::get_function(m.raw, cname) }
+            .map_err(|e| anyhow!("kernel '{name}': not found in loaded module '{module}': {e:?}"))?;
+        let f = Function { raw, _module: m };
+        self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// Load every embedded module (each with the JIT's error log) and read each kernel's
+    /// registers, local memory, static shared memory and max threads per block. Returns
+    /// the kernels, and per module the JIT info log; the first module that fails to load
+    /// is an error carrying its log.
+    pub(crate) fn load_all(&self) -> Result<(Vec<KernelInfo>, Vec<(&'static str, String)>)> {
+        use sys::CUfunction_attribute_enum::*;
+        let mut kernels = Vec::new();
+        let mut logs = Vec::new();
+        let mut names: Vec<(&String, &'static str)> = self.entries.iter().map(|(k, (m, _))| (k, *m)).collect();
+        names.sort_by_key(|(k, m)| (*m, k.as_str()));
+        for (m, _) in ptx::PTX_MODULES {
+            logs.push((*m, self.module(m)?.info_log.clone()));
+        }
+        for (name, module) in names {
+            let f = self.function(name, module)?;
+            let attr = |a| unsafe { result::function::get_function_attribute(f.raw, a) }.map_err(|e| anyhow!("kernel '{name}': attribute {a:?}: {e:?}"));
+            kernels.push(KernelInfo {
+                module,
+                name: name.clone(),
+                registers: attr(CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                local_bytes: attr(CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+                static_shared_bytes: attr(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+                max_threads_per_block: attr(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            });
+        }
+        Ok((kernels, logs))
     }
 
     pub(crate) fn launch(&self, name: &str, grid: Dim3, block: Dim3, shared: u32, args: &[Arg]) -> Result<()> {
@@ -159,14 +293,19 @@ impl Cuda {
         if shared > 48 * 1024 {
             // above 48 KiB a kernel must opt in to dynamic shared memory (Volta and later)
             use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
-            f.set_attribute(MAX_DYN, shared as i32)
+            unsafe { result::function::set_function_attribute(f.raw, MAX_DYN, shared as i32) }
                 .map_err(|e| anyhow!("kernel '{name}': {shared} bytes of dynamic shared memory refused: {e:?}"))?;
+        }
+        {
+            let mut last = self.last_launch.lock().unwrap_or_else(|p| p.into_inner());
+            last.clear();
+            last.push_str(name);
         }
         let mut vals: Vec<u64> = args.iter().map(Arg::bits).collect();
         let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         unsafe {
             result::launch_kernel(
-                f.cu_function(),
+                f.raw,
                 (grid.0, grid.1, grid.2),
                 (block.0, block.1, block.2),
                 shared,
@@ -204,7 +343,13 @@ impl Cuda {
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().context("cuda: synchronize (an earlier kernel may have failed)")
+        self.stream.synchronize().with_context(|| {
+            let last = self.last_launch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            format!(
+                "cuda: synchronize: an earlier kernel failed (the last one enqueued was '{last}'; \
+                 with CUDA_LAUNCH_BLOCKING=1 the failing launch itself reports its kernel)"
+            )
+        })
     }
 
     /// Milliseconds of GPU time spent on the work `f` enqueues (CUDA events).

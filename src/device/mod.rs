@@ -240,13 +240,16 @@ impl<'a, T: Pod> View<'a, T> {
     }
 }
 
+#[derive(Clone)]
 enum Backend {
     Emu(EmuOrder),
-    Cuda(cuda::Cuda),
+    Cuda(std::sync::Arc<cuda::Cuda>),
 }
 
 /// A device that runs the kernels of `kernels/*.cu`: the real GPU or the emulator.
-/// Launches go in order (one stream); downloads wait for them.
+/// Launches go in order (one stream); downloads wait for them. Clones (and every
+/// `Gpu::cuda` of the same ordinal in one process) share the CUDA context and stream.
+#[derive(Clone)]
 pub struct Gpu {
     backend: Backend,
 }
@@ -261,8 +264,9 @@ impl Gpu {
         Gpu { backend: Backend::Emu(order) }
     }
     /// The real GPU `ordinal`. Errors (never panics) without a driver, device or PTX.
+    /// The context is created on the first call and shared by every later handle.
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        Ok(Gpu { backend: Backend::Cuda(cuda::Cuda::new(ordinal)?) })
+        Ok(Gpu { backend: Backend::Cuda(cuda::Cuda::shared(ordinal)?) })
     }
     /// Open `kind`: Some(gpu) for cuda and emu, None for cpu. Auto picks cuda when a
     /// driver, a device and PTX are present, else cpu with a one-line notice on stderr.
@@ -286,6 +290,15 @@ impl Gpu {
             return Err(why);
         }
         Gpu::cuda(0).map_err(|e| format!("{e:#}"))
+    }
+
+    /// cuda: load every embedded PTX module with the JIT's error log and read each
+    /// kernel's attributes (`cudaenc info --load`); the JIT info log per module. Emu: None.
+    pub fn load_all_modules(&self) -> Result<Option<(Vec<cuda::KernelInfo>, Vec<(&'static str, String)>)>> {
+        match &self.backend {
+            Backend::Emu(_) => Ok(None),
+            Backend::Cuda(c) => c.load_all().map(Some),
+        }
     }
 
     pub fn is_cuda(&self) -> bool {
