@@ -15,20 +15,21 @@ extern "C" __global__ void embedding_forward(float* __restrict__ out, const unsi
 }
 CUDAENC_REGISTER(embedding_forward)
 
-// dwte (V,C) += <- dout (N,C), ids (N), pos (N): positions stably sorted by id,
-// starts (U): index into pos where each of the U distinct ids' run begins (increasing).
-// Grid U blocks, one per distinct id; threads stride over C. Each column adds its run's
-// rows to dwte in the order of `pos` (increasing position), exactly as the reference
-// does: dwte[id] = ((dwte[id] + d[p0]) + d[p1]) + ... No atomics: every row of dwte is
-// owned by one block, so reruns are bit-identical.
+// dwte (V,C) += <- dout (N,C), ids (N), pos (M): the M valid (unpadded) positions
+// stably sorted by id, starts (U): index into pos where each of the U distinct ids' run
+// begins (increasing). Grid U blocks, one per distinct id; threads stride over C. Each
+// column adds its run's rows to dwte in the order of `pos` (increasing position), exactly
+// as the reference does: dwte[id] = ((dwte[id] + d[p0]) + d[p1]) + ... Padded positions
+// are not in `pos` (their gradient is zero). No atomics: every row of dwte is owned by
+// one block, so reruns are bit-identical.
 extern "C" __global__ void embedding_backward(float* __restrict__ dwte, const float* __restrict__ dout,
                                               const unsigned int* __restrict__ ids,
                                               const unsigned int* __restrict__ pos,
-                                              const unsigned int* __restrict__ starts, int U, int N, int C) {
+                                              const unsigned int* __restrict__ starts, int U, int M, int C) {
     const int u = blockIdx.x;
     if (u >= U) return;  // block-uniform
     const int begin = (int)starts[u];
-    const int end = u + 1 < U ? (int)starts[u + 1] : N;
+    const int end = u + 1 < U ? (int)starts[u + 1] : M;
     const unsigned int id = ids[pos[begin]];
     float* row = dwte + (size_t)id * C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {

@@ -425,7 +425,7 @@ fn embedding_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
 fn embedding_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (n, c, v) = (s.n(), s.c, s.v);
     let host_ids = zipf_ids(n, v, 7);
-    let (pos, starts) = ops::embedding::upload_embedding_order(gpu, &host_ids)?;
+    let (pos, starts) = ops::embedding::upload_embedding_order(gpu, &host_ids, &vec![s.t as u32; s.b], s.t)?;
     let u = starts.len();
     let (ids, dout, dwte) = (gpu.upload(&host_ids)?, rand_buf(gpu, n * c, 1)?, gpu.zeros::<f32>(v * c)?);
     Ok(Case {
@@ -510,6 +510,13 @@ pub struct Result1 {
 /// `BENCHJSON [...]` with every result. cuda: `repeats` timed runs each (median); emu:
 /// one run at [`Shapes::EMU`] unless `shapes` is given.
 pub fn run(gpu: &Gpu, filter: Option<&str>, repeats: usize, shapes: Option<Shapes>) -> Result<Vec<Result1>> {
+    run_cases(gpu, cases(), filter, repeats, shapes)
+}
+
+/// [`run`] over a given case list. A case whose name starts with `cublas` (a library
+/// reference) that fails to set up or to run is an `n/a` row with the error; any other
+/// failing case is an error naming it.
+pub fn run_cases(gpu: &Gpu, cases: Vec<(&'static str, Setup)>, filter: Option<&str>, repeats: usize, shapes: Option<Shapes>) -> Result<Vec<Result1>> {
     let cuda = gpu.is_cuda();
     let s = shapes.unwrap_or(if cuda { Shapes::MODEL } else { Shapes::EMU });
     let (warmup, repeats) = if cuda { (3, repeats.max(1)) } else { (0, 1) };
@@ -522,28 +529,51 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, repeats: usize, shapes: Option<Shape
     let mut results: Vec<Result1> = Vec::new();
     let (mut copy_gbps, mut sgemm_tflops) = (None, None);
     const REFS: [&str; 2] = ["copy", "cublas_sgemm 8192"];
-    for (name, setup) in cases() {
+    for (name, setup) in cases {
         if !REFS.contains(&name) && filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        let case = setup(gpu, &s).map_err(|e| e.context(format!("bench {name}: setup")))?;
+        let na_row = |results: &mut Vec<Result1>, shape: String, why: &str| {
+            println!("{name:<26} {shape:<30} {:>9} {:>8} {:>8} {:>6} {:>6} {why}", "n/a", "n/a", "n/a", "", "");
+            results.push(Result1 { name: name.into(), shape, ms: 0.0, gbps: 0.0, tflops: 0.0, na: true });
+        };
+        // a library reference (cuBLAS) that fails is an n/a row, never the end of the table
+        let library = name.starts_with("cublas");
+        let case = match setup(gpu, &s) {
+            Ok(c) => c,
+            Err(e) if library => {
+                na_row(&mut results, String::new(), &format!("({e:#})"));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("bench {name}: setup"))),
+        };
         if case.na {
-            println!("{name:<26} {:<30} {:>9} {:>8} {:>8} {:>6} {:>6}", case.shape, "n/a", "n/a", "n/a", "", "");
-            results.push(Result1 { name: name.into(), shape: case.shape, ms: 0.0, gbps: 0.0, tflops: 0.0, na: true });
+            na_row(&mut results, case.shape, "");
             continue;
         }
-        for _ in 0..warmup {
-            (case.run)(gpu)?;
-        }
-        let mut times = Vec::with_capacity(repeats);
-        for _ in 0..repeats {
-            if let Some((a, b)) = &flush {
-                launch_copy(gpu, a, b)?;
+        let timed = (|| -> Result<Vec<f64>> {
+            for _ in 0..warmup {
+                (case.run)(gpu)?;
             }
-            times.push(gpu.time_ms(|| (case.run)(gpu)).map_err(|e| e.context(format!("bench {name}")))?);
-        }
-        gpu.synchronize()?;
+            let mut times = Vec::with_capacity(repeats);
+            for _ in 0..repeats {
+                if let Some((a, b)) = &flush {
+                    launch_copy(gpu, a, b)?;
+                }
+                times.push(gpu.time_ms(|| (case.run)(gpu))?);
+            }
+            gpu.synchronize()?;
+            Ok(times)
+        })();
         drop(case.run); // free the case's buffers before the next one allocates
+        let mut times = match timed {
+            Ok(t) => t,
+            Err(e) if library => {
+                na_row(&mut results, case.shape, &format!("({e:#})"));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("bench {name}"))),
+        };
         times.sort_by(f64::total_cmp);
         let ms = times[times.len() / 2];
         let gbps = case.bytes / (ms * 1e-3) / 1e9;

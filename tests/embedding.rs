@@ -5,7 +5,7 @@
 //! f32 reference (same summation order), and to itself on a rerun.
 mod common;
 
-use common::{devices, max_rel_err, to_f64};
+use common::{devices, max_rel_err, to_f64, small_if_asked};
 use cudaenc::device::Gpu;
 use cudaenc::ops::embedding::{embedding_backward, embedding_forward, upload_embedding_order};
 use cudaenc::reference::embedding as reference;
@@ -69,7 +69,7 @@ fn run_shape(gpu: &Gpu, n: usize, c: usize, v: usize) -> anyhow::Result<f64> {
     reference::embedding_backward(&mut dwte_r32, &dout, &ids, n, c);
     let d_dout = gpu.upload(&dout)?;
     let d_dwte = gpu.upload(&dwte0)?;
-    let (d_pos, d_starts) = upload_embedding_order(gpu, &ids)?;
+    let (d_pos, d_starts) = upload_embedding_order(gpu, &ids, &[n as u32], n)?;
     embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c)?;
     let dwte = gpu.download(&d_dwte)?;
     let (e, i) = max_rel_err(&dwte, &dwte_r64);
@@ -92,7 +92,7 @@ fn run_shape(gpu: &Gpu, n: usize, c: usize, v: usize) -> anyhow::Result<f64> {
 fn embedding_matches_reference() {
     let mut failures = Vec::new();
     for gpu in devices("embedding") {
-        for &(n, c, v) in SHAPES {
+        for &&(n, c, v) in &small_if_asked("embedding", SHAPES, |s| s.1 * s.2, 1_000_000) {
             match run_shape(&gpu, n, c, v) {
                 Ok(e) if e <= TOL => {}
                 Ok(e) => failures.push(format!("{} N={n} C={c} V={v}: max rel err {e:.2e} > {TOL:.0e}", gpu.name())),
@@ -116,7 +116,7 @@ fn embedding_backward_long_runs_are_deterministic() {
         let dout = pattern(n * c, 9);
         let d_ids = gpu.upload(&ids).unwrap();
         let d_dout = gpu.upload(&dout).unwrap();
-        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids).unwrap();
+        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids, &[n as u32], n).unwrap();
         let mut runs = Vec::new();
         for _ in 0..3 {
             let d_dwte = gpu.zeros::<f32>(v * c).unwrap();
@@ -144,6 +144,42 @@ fn embedding_wrong_shapes_are_errors() {
     let wte = gpu.zeros::<f32>(2 * 4).unwrap();
     let out = gpu.zeros::<f32>(2 * 3).unwrap();
     assert!(embedding_forward(&gpu, &out, &ids, &wte, 2, 4).is_err());
-    let (pos, starts) = upload_embedding_order(&gpu, &[0, 1]).unwrap();
+    let (pos, starts) = upload_embedding_order(&gpu, &[0, 1], &[2], 2).unwrap();
     assert!(embedding_backward(&gpu, &wte, &out, &ids, &pos, &starts, 2, 4).is_err());
+}
+
+/// Padded positions (id 0, beyond each review's length) are left out of the backward:
+/// with a nonzero gradient planted at every padded position, the padding row of dwte stays
+/// exactly as it was and the other rows equal the reference over the valid tokens only.
+#[test]
+fn embedding_backward_skips_padded_positions() {
+    for gpu in devices("embedding padding") {
+        let (b, t, c, v) = (3, 7, 5, 4);
+        let lens = [7u32, 3, 0];
+        let mut ids = vec![0u32; b * t];
+        for (p, id) in ids.iter_mut().enumerate() {
+            if p % t < lens[p / t] as usize {
+                *id = 1 + (p as u32 * 7) % 3; // valid ids 1..=3, never the padding id 0
+            }
+        }
+        let dout = pattern(b * t * c, 5); // nonzero everywhere, padding included
+        let dwte0 = pattern(v * c, 6);
+        let mut masked = to_f64(&dout);
+        for p in 0..b * t {
+            if p % t >= lens[p / t] as usize {
+                masked[p * c..(p + 1) * c].iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+        let mut want = to_f64(&dwte0);
+        reference::embedding_backward(&mut want, &masked, &ids, b * t, c);
+        let (d_ids, d_dout, d_dwte) = (gpu.upload(&ids).unwrap(), gpu.upload(&dout).unwrap(), gpu.upload(&dwte0).unwrap());
+        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids, &lens, t).unwrap();
+        assert_eq!((d_pos.len(), d_starts.len()), (10, 3), "10 valid tokens over 3 distinct ids");
+        embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, b * t, c).unwrap();
+        let got = gpu.download(&d_dwte).unwrap();
+        assert_eq!(got[..c], dwte0[..c], "{}: the padding row was touched", gpu.name());
+        let (e, i) = max_rel_err(&got, &want);
+        println!("  {:<22} B={b} T={t} lens {lens:?}: dwte max rel err {e:.2e} at {i} (tol {TOL:.0e}); padding row untouched", gpu.name());
+        assert!(e <= TOL, "{}: {e:.2e}", gpu.name());
+    }
 }

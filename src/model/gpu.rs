@@ -91,7 +91,7 @@ struct Acts {
     ids: Buf<u32>,        // (B,T)
     lens: Buf<u32>,       // (B)
     labels: Buf<u8>,      // (B)
-    emb_pos: Buf<u32>,    // (B*T) positions sorted by id (embedding backward order)
+    emb_pos: Buf<u32>,    // (<= B*T) valid positions sorted by id (embedding backward order)
     emb_starts: Buf<u32>, // (<= B*T) start of each distinct id's run
 }
 
@@ -166,8 +166,10 @@ pub struct GpuModel {
     cap: Cap,
     b: usize,
     t: usize,
-    /// Number of distinct ids of the current batch (embedding backward's grid).
+    /// Number of distinct ids of the current batch's valid tokens (embedding backward's grid).
     n_unique: usize,
+    /// Number of valid (unpadded) tokens of the current batch (embedding backward's order).
+    n_valid: usize,
     /// Seeds of the last forward's dropout, if any (the backward applies the same masks).
     seeds: Option<DropoutSeeds>,
     norm: Buf<f32>,
@@ -213,6 +215,7 @@ impl GpuModel {
             b: 0,
             t: 0,
             n_unique: 0,
+            n_valid: 0,
             seeds: None,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
@@ -264,10 +267,11 @@ impl GpuModel {
         gpu.write(&head(&a.ids, n), &batch.ids)?;
         gpu.write(&head(&a.lens, b), &batch.lens)?;
         gpu.write(&head(&a.labels, b), &batch.labels)?;
-        let (pos, starts) = embedding_backward_order(&batch.ids);
-        gpu.write(&head(&a.emb_pos, n), &pos)?;
+        let (pos, starts) = embedding_backward_order(&batch.ids, &batch.lens, t);
+        gpu.write(&head(&a.emb_pos, pos.len()), &pos)?;
         gpu.write(&head(&a.emb_starts, starts.len()), &starts)?;
         self.n_unique = starts.len();
+        self.n_valid = pos.len();
         self.b = b;
         self.t = t;
         Ok(())
@@ -377,7 +381,7 @@ impl GpuModel {
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
         dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)
-        let (pos, starts) = (head(&a.emb_pos, n), head(&a.emb_starts, self.n_unique));
+        let (pos, starts) = (head(&a.emb_pos, self.n_valid), head(&a.emb_starts, self.n_unique));
         embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, n, c)?;
         Ok(())
     }

@@ -26,8 +26,9 @@ pub fn embedding_forward(
 }
 
 /// dwte (V, C) +=  <-  dout (N, C), ids (N), with the summation order the host built by
-/// [`crate::reference::embedding::embedding_backward_order`]: `pos` (N) the positions
-/// stably sorted by id, `starts` (U) where each distinct id's run begins in `pos`.
+/// [`crate::reference::embedding::embedding_backward_order`]: `pos` (M <= N) the valid
+/// positions stably sorted by id (padded positions left out), `starts` (U) where each
+/// distinct id's run begins in `pos`.
 /// Deterministic: one block per distinct id adds its rows in increasing position order
 /// (the reference's order), no atomics; reruns are bit-identical.
 #[allow(clippy::too_many_arguments)]
@@ -41,20 +42,22 @@ pub fn embedding_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    ensure!(dout.len() == n * c && ids.len() == n && pos.len() == n, "embedding_backward: dout N*C, ids and pos N (N={n}, C={c})");
+    let m = pos.len();
+    ensure!(dout.len() == n * c && ids.len() == n && m <= n, "embedding_backward: dout N*C, ids N, pos at most N (N={n}, C={c})");
     ensure!(c > 0 && dwte.len() % c == 0, "embedding_backward: dwte must be (V, C), C={c}");
-    ensure!(starts.len() <= n && (n == 0) == starts.is_empty(), "embedding_backward: starts must have 1..=N entries");
-    if n == 0 {
+    ensure!(starts.len() <= m && (m == 0) == starts.is_empty(), "embedding_backward: starts must have 1..=M entries (M={m})");
+    if m == 0 {
         return Ok(());
     }
     let u = starts.len();
     let block = (ceil_div(c, 32) * 32).min(BLOCK as usize) as u32;
-    let args: [Arg; 8] = [dwte.arg(), dout.arg(), ids.arg(), pos.arg(), starts.arg(), u.into(), n.into(), c.into()];
+    let args: [Arg; 8] = [dwte.arg(), dout.arg(), ids.arg(), pos.arg(), starts.arg(), u.into(), m.into(), c.into()];
     gpu.launch("embedding_backward", u, block, 0, &args)
 }
 
-/// The backward summation order for `ids`, uploaded: (pos (N), starts (U)).
-pub fn upload_embedding_order(gpu: &Gpu, ids: &[u32]) -> Result<(Buf<u32>, Buf<u32>)> {
-    let (pos, starts) = crate::reference::embedding::embedding_backward_order(ids);
+/// The backward summation order for `ids` laid out (B, T) with valid lengths `lens`,
+/// uploaded: (pos (M), starts (U)).
+pub fn upload_embedding_order(gpu: &Gpu, ids: &[u32], lens: &[u32], t: usize) -> Result<(Buf<u32>, Buf<u32>)> {
+    let (pos, starts) = crate::reference::embedding::embedding_backward_order(ids, lens, t);
     Ok((gpu.upload(&pos)?, gpu.upload(&starts)?))
 }

@@ -31,10 +31,15 @@ pub fn embedding_backward<T: Float>(dwte: &mut [T], dout: &[T], ids: &[u32], n: 
     }
 }
 
-/// The order in which the kernel sums: positions stably sorted by id (the host builds
-/// this list per batch). Returned as (sorted positions, start of each distinct id's run).
-pub fn embedding_backward_order(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let mut pos: Vec<u32> = (0..ids.len() as u32).collect();
+/// The order in which the kernel sums: the positions of the valid tokens, stably sorted
+/// by id (the host builds this list per batch). `ids` is laid out (B, T) with review b
+/// valid for its first `lens[b]` positions; padded positions are left out (their
+/// gradient is zero, and all of them hold id 0: summing them would make one block add
+/// thousands of zero rows). Returned as (sorted positions (M), start of each distinct
+/// id's run (U)), M the number of valid tokens.
+pub fn embedding_backward_order(ids: &[u32], lens: &[u32], t: usize) -> (Vec<u32>, Vec<u32>) {
+    assert_eq!(ids.len(), lens.len() * t, "ids must be (B, T) with one length per review");
+    let mut pos: Vec<u32> = (0..ids.len()).filter(|&p| p % t < lens[p / t] as usize).map(|p| p as u32).collect();
     pos.sort_by_key(|&p| ids[p as usize]); // stable: positions stay increasing per id
     let mut starts = Vec::new();
     for (i, &p) in pos.iter().enumerate() {
@@ -74,8 +79,19 @@ mod tests {
     #[test]
     fn backward_order_groups_ids_stably() {
         let ids = [3, 1, 3, 0, 1, 3];
-        let (pos, starts) = embedding_backward_order(&ids);
+        let (pos, starts) = embedding_backward_order(&ids, &[6], 6);
         assert_eq!(pos, [3, 1, 4, 0, 2, 5]);
         assert_eq!(starts, [0, 1, 3]);
+    }
+
+    #[test]
+    fn backward_order_leaves_out_padded_positions() {
+        // (B=2, T=4): review 0 has 3 valid tokens, review 1 one; padding is id 0
+        let ids = [3, 1, 3, 0, 5, 0, 0, 0];
+        let (pos, starts) = embedding_backward_order(&ids, &[3, 1], 4);
+        assert_eq!(pos, [1, 0, 2, 4]);
+        assert_eq!(starts, [0, 1, 3], "id 0 (padding only) gets no run");
+        let (pos, starts) = embedding_backward_order(&ids, &[0, 0], 4);
+        assert!(pos.is_empty() && starts.is_empty());
     }
 }
