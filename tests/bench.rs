@@ -47,3 +47,25 @@ fn step_batches_are_valid_and_match_the_pytorch_formula() {
     distinct.dedup();
     assert!((1000..10000).contains(&distinct.len()), "{} distinct ids in a batch", distinct.len());
 }
+
+#[test]
+fn a_failing_cublas_case_is_an_na_row_and_the_table_goes_on() {
+    // the GPU check's kernel table must survive a cuBLAS that cannot be loaded or fails:
+    // a failing library case is an n/a row, the cases after it still run
+    fn failing_cublas(_: &Gpu, _: &bench::Shapes) -> anyhow::Result<bench::Case> {
+        anyhow::bail!("cublas: create handle: CUBLAS_STATUS_NOT_INITIALIZED (simulated)")
+    }
+    let mut cases: Vec<(&'static str, bench::Setup)> = bench::cases().into_iter().filter(|(n, _)| *n == "copy" || n.starts_with("gelu")).collect();
+    cases.insert(1, ("cublas_sgemm 8192", failing_cublas));
+    let results = bench::run_cases(&Gpu::emu(), cases, None, 1, None).expect("a cuBLAS failure must not abort the table");
+    let names: Vec<(&str, bool)> = results.iter().map(|r| (r.name.as_str(), r.na)).collect();
+    assert_eq!(names, [("copy", false), ("cublas_sgemm 8192", true), ("gelu_forward", false), ("gelu_backward", false)]);
+
+    // a failing kernel case (ours) is still an error that names it
+    fn failing_kernel(_: &Gpu, _: &bench::Shapes) -> anyhow::Result<bench::Case> {
+        anyhow::bail!("simulated")
+    }
+    let err = bench::run_cases(&Gpu::emu(), vec![("copy", bench::cases()[0].1), ("gelu_forward", failing_kernel)], None, 1, None)
+        .expect_err("our kernel failing is an error");
+    assert!(format!("{err:#}").contains("gelu_forward"), "{err:#}");
+}

@@ -60,3 +60,16 @@ pub fn to_f32(v: &[f64]) -> Vec<f32> {
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
+
+/// With `CUDAENC_SMALL_SHAPES` set (the GPU check's compute-sanitizer runs, where every
+/// memory access is instrumented and a T = 512 attention takes minutes), the cases whose
+/// `work` exceeds `limit` are left out; the small and awkward ones kept exercise the same
+/// barriers, tails and split paths. Without it, every case. Says what it left out.
+pub fn small_if_asked<'a, S>(test: &str, shapes: &'a [S], work: impl Fn(&S) -> usize, limit: usize) -> Vec<&'a S> {
+    if std::env::var_os("CUDAENC_SMALL_SHAPES").is_none() {
+        return shapes.iter().collect();
+    }
+    let kept: Vec<&S> = shapes.iter().filter(|s| work(s) <= limit).collect();
+    println!("CUDAENC_SMALL_SHAPES: {test}: {} of {} cases (work <= {limit})", kept.len(), shapes.len());
+    kept
+}
