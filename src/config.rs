@@ -56,7 +56,7 @@ impl ModelConfig {
         anyhow::ensure!(self.vocab > 0, "vocab must be positive");
         anyhow::ensure!(self.d_model > 0 && self.n_head > 0, "width and heads must be positive");
         anyhow::ensure!(
-            self.d_model % self.n_head == 0,
+            self.d_model.is_multiple_of(self.n_head),
             "width {} is not a multiple of the number of heads {}",
             self.d_model,
             self.n_head

@@ -28,7 +28,26 @@ enum Cmd {
     Bench(cli::bench::Args),
 }
 
+/// Writing to a closed pipe (`cudaenc info --kernels | head -1`) ends the process
+/// quietly, as it does for other command-line tools: Rust ignores SIGPIPE by default,
+/// which turns the write into an error and `println!` into a panic. Every file cudaenc
+/// writes is renamed into place, so dying at any write leaves no half file.
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13; // the same number on Linux and macOS
+    const SIG_DFL: usize = 0;
+    // SAFETY: restores the default disposition of one signal before any thread starts
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() {
+    #[cfg(unix)]
+    default_sigpipe();
     let result = match Cli::parse().cmd {
         Cmd::Train(a) => cli::train::run(a),
         Cmd::Experiment(a) => cli::experiment::run(a),

@@ -13,8 +13,8 @@ use cudaenc::train::trainer::{train_run, Progress, RunDir};
 fn demo_args() -> DataArgs {
     DataArgs {
         data: Some("demo".into()),
-        val_size: 2500,
-        val_seed: 0,
+        val_size: None,
+        val_seed: None,
         truncate: TruncatePolicy::Head,
         train_subset: Some(2000),
         full_test: false,

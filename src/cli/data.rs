@@ -63,7 +63,13 @@ pub fn run(args: Args) -> Result<()> {
     loc.allow_download = !args.no_download;
     let source = loc.resolve(args.data.as_deref())?;
     if source == data::DataSource::Demo {
-        bail!("`--data demo` is the embedded demo corpus; its statistics are printed by `report` once it is wired");
+        bail!(
+            "`cudaenc data` reports on IMDB sources; `demo` is the small corpus built into cudaenc \
+             ({} training and {} validation reviews, no test split). Give --data with an aclImdb/ folder \
+             or a .tar.gz in its layout",
+            super::setup::DEMO_TRAIN,
+            super::setup::DEMO_VAL
+        );
     }
     let opts = data::LoadOptions {
         cache_dir: if args.no_cache { None } else { Some(loc.cache_dir.clone()) },

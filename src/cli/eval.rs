@@ -50,12 +50,29 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engin
 pub fn run(args: Args) -> Result<()> {
     let device = Device::open(args.device)?;
     let (config, mut engine) = load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
+    // without --data: the data the run was trained on, as its config.json records it
     let mut data_args = args.data.clone();
-    if data_args.data.is_none() && config.data_source == "demo" {
-        data_args.data = Some("demo".into());
+    let recorded = data_args.data.is_none();
+    if recorded {
+        data_args.data = Some(config.data_source.clone());
+        data_args.val_seed = data_args.val_seed.or(Some(config.val_seed));
+        data_args.train_subset = data_args.train_subset.or(config.train_subset);
+    }
+    let demo = data_args.data.as_deref() == Some("demo");
+    if !demo && recorded {
+        data_args.val_size = data_args.val_size.or(Some(config.val_size));
+    }
+    if demo && args.split == Split::Test {
+        anyhow::bail!("the demo corpus has no test split: use --split val (or train)");
     }
     data_args.full_test = args.split == Split::Test;
-    let loaded = setup::load_data(&data_args, config.train.seed)?;
+    let loaded = setup::load_data(&data_args, config.train.seed).with_context(|| {
+        if recorded {
+            format!("loading the run's data {} (recorded in its config.json; give --data to use other data)", config.data_source)
+        } else {
+            "loading the data".to_string()
+        }
+    })?;
     ensure!(
         loaded.vocab == config.model.vocab,
         "the data's vocabulary ({}) is not the model's ({}): was the run trained on other data?",

@@ -3,15 +3,18 @@
 //! (last and best epoch, labelled), the mean with a 95% confidence interval, the
 //! spread, Welch's t test between the losses, the figures (SVG) and a Markdown report.
 
-use super::setup::{self, DataArgs, Device, HyperArgs, RunConfig};
-use super::train::{first_free, run_one};
+use super::setup::{self, DataArgs, Device, HyperArgs};
+use super::train::{first_free, prepare, run_one};
+use crate::data::fsutil::atomic_write;
 use crate::config::Loss;
 use crate::device::DeviceKind;
 use crate::train::metrics::RunRecord;
 use crate::train::plots;
+use crate::train::trainer::CHECKPOINT_FILE;
 use crate::train::stats::{welch_t_test, Summary};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,6 +35,10 @@ pub struct Args {
     /// (default: runs/experiment, numbered -2, -3, ... if taken)
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue the interrupted experiment in --out: finished runs are kept, the
+    /// unfinished one resumes from its last checkpoint, the missing ones are trained
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -64,29 +71,37 @@ pub fn run(mut args: Args) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(!args.losses.is_empty(), "--losses names no loss");
     let device = Device::open(args.device)?;
-    // one load for every run: the validation sample depends on --val-seed only, and each
-    // run's seed reshuffles the training batches
-    let loaded = setup::load_data(&args.data, args.first_seed)?;
-    let preset = args.hyper.preset.resolve(loaded.source == "demo", device.is_cpu());
-    let h = args.hyper.apply(preset);
-    let out = args.out.take().unwrap_or_else(|| first_free("runs/experiment"));
+    let out = match (args.out.take(), args.resume) {
+        (Some(out), _) => out,
+        (None, true) => anyhow::bail!("--resume needs --out: the experiment folder to continue"),
+        (None, false) => first_free("runs/experiment"),
+    };
+    if args.resume && !out.is_dir() {
+        anyhow::bail!("--resume: {} does not exist; start the experiment without --resume", out.display());
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let t0 = Instant::now();
     let mut results: Vec<(Loss, Vec<RunRecord>)> = Vec::new();
+    let mut summary = None;
     for &loss in &args.losses {
         let mut records = Vec::new();
         for r in 0..args.runs {
             let seed = args.first_seed + r as u64;
-            let config = RunConfig::new(&h, preset, &loaded, &args.data, loss, seed, &device)?;
+            // exactly what `train --seed <seed>` does with these flags, so that each run
+            // folder's config.json reproduces (and resumes) under `train` alone
+            let (loaded, preset, config) = prepare(&args.data, &args.hyper, loss, seed, &device)?;
             let dir = out.join(format!("{}-seed{seed}", loss.name()));
+            let resume = args.resume && dir.join(CHECKPOINT_FILE).exists();
             let label = format!("{} run {}/{}", loss.name().to_uppercase(), r + 1, args.runs);
-            eprintln!("{label}: seed {seed}, {} on {}", dir.display(), device.name());
-            records.push(run_one(&device, &loaded, &config, &dir, false, &label)?);
+            eprintln!("{label}: seed {seed}, {} on {}{}", dir.display(), device.name(), if resume { " (resuming)" } else { "" });
+            records.push(run_one(&device, &loaded, &config, &dir, resume, &label).with_context(|| format!("run in {}", dir.display()))?);
+            summary.get_or_insert((config.hyper.clone(), preset, loaded.source.clone(), loaded.train.len(), loaded.val.len()));
         }
         results.push((loss, records));
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let source = format!("{} ({} train reviews, validation sample of {}, seed {})", loaded.source, loaded.train.len(), loaded.val.len(), args.data.val_seed);
+    let (h, _, source, n_train, n_val) = summary.context("no run")?;
+    let source = format!("{source} ({n_train} train reviews, validation sample of {n_val}, seed {})", args.data.val_seed());
     let report = write_report(&args, &out, &h, &device.name(), &source, &results, seconds)?;
     println!("{report}");
     Ok(())
@@ -183,7 +198,8 @@ fn write_report(
         "hyper": h,
         "runs": results.iter().map(|(_, rs)| rs).collect::<Vec<_>>(),
     });
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(out.join("report.md"), &md)?;
+    let json = serde_json::to_string_pretty(&json)?;
+    atomic_write(&out.join("results.json"), |w| w.write_all(json.as_bytes()))?;
+    atomic_write(&out.join("report.md"), |w| w.write_all(md.as_bytes()))?;
     Ok(md)
 }

@@ -27,6 +27,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.file.is_some() && !args.texts.is_empty() {
+        bail!("give texts either as arguments or with --file, not both");
+    }
+    // the run first: a wrong --run must fail at once, not after standard input is read
+    let device = Device::open(args.device)?;
+    let (config, mut engine) =
+        load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
     let lines: Vec<Vec<u8>> = if !args.texts.is_empty() {
         args.texts.iter().map(|t| t.as_bytes().to_vec()).collect()
     } else {
@@ -38,8 +45,6 @@ pub fn run(args: Args) -> Result<()> {
         };
         reader.split(b'\n').collect::<std::io::Result<_>>().context("reading texts")?
     };
-    let device = Device::open(args.device)?;
-    let (config, mut engine) = load_run(&args.run, &device)?;
     let policy = config.truncate.parse().map_err(anyhow::Error::msg)?;
     let truncate = Truncate::new(config.model.max_len, policy);
     let mut shown = 0;
@@ -61,6 +66,13 @@ pub fn run(args: Args) -> Result<()> {
         let ids = truncate.to_vec(&ids);
         let batch = Batch::from_reviews(&[&ids], &[0]);
         let p = engine.predict(&batch)?[0];
+        if !p.is_finite() {
+            bail!(
+                "the model of {} gives probability {p} for \"{}\": its checkpoint is broken (NaN weights?); retrain it",
+                args.run.display(),
+                text.trim()
+            );
+        }
         let label = if crate::reference::engine::predicted_label(p) == 1 { "positive" } else { "negative" };
         println!("{label}\t{p:.4}\t{}", text.trim());
         shown += 1;

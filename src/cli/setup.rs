@@ -196,12 +196,12 @@ pub struct DataArgs {
     /// cache, or a download of the official archive)
     #[arg(long)]
     pub data: Option<String>,
-    /// Validation reviews drawn from the test split
-    #[arg(long, default_value_t = 2500)]
-    pub val_size: usize,
-    /// Seed of the validation sample (the same for every run of an experiment)
-    #[arg(long, default_value_t = 0)]
-    pub val_seed: u64,
+    /// Validation reviews drawn from the test split [default: 2500; IMDB only]
+    #[arg(long)]
+    pub val_size: Option<usize>,
+    /// Seed of the validation sample (the same for every run of an experiment) [default: 0]
+    #[arg(long)]
+    pub val_seed: Option<u64>,
     /// Which tokens of a long review to keep
     #[arg(long, default_value = "head")]
     pub truncate: TruncatePolicy,
@@ -211,6 +211,18 @@ pub struct DataArgs {
     /// Also evaluate the whole test split after the last epoch
     #[arg(long)]
     pub full_test: bool,
+}
+
+/// The validation sample's size when --val-size is not given.
+pub const DEFAULT_VAL_SIZE: usize = 2500;
+
+impl DataArgs {
+    pub fn val_size(&self) -> usize {
+        self.val_size.unwrap_or(DEFAULT_VAL_SIZE)
+    }
+    pub fn val_seed(&self) -> u64 {
+        self.val_seed.unwrap_or(0)
+    }
 }
 
 /// Reviews ready for batching, with the vocabulary they need.
@@ -261,7 +273,8 @@ fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
 /// cache nor downloaded, fall back to the embedded demo corpus with a notice.
 pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
     let mut loaded = if is_demo(args) {
-        demo_data(args.val_seed, split_seed)?
+        demo_flags_used(args)?;
+        demo_data(args.val_seed(), split_seed)?
     } else {
         let loc = Locator::from_env()?;
         let named = args.data.is_some() || std::env::var_os("CUDAENC_DATA").is_some_and(|v| !v.is_empty());
@@ -271,7 +284,7 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     bail!("internal: demo source reached the IMDB loader");
                 }
                 let ds = data::load(&source, &data::LoadOptions::cached(&loc.cache_dir))?;
-                let split = data::paper_split(&ds, split_seed, args.val_size, args.val_seed);
+                let split = data::paper_split(&ds, split_seed, args.val_size(), args.val_seed());
                 LoadedData {
                     source: source.to_string(),
                     train: split.train,
@@ -286,18 +299,45 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     "notice: IMDB is not available ({e:#}); using the embedded demo corpus instead. \
                      Give --data PATH or set CUDAENC_DATA to train on IMDB."
                 );
-                demo_data(args.val_seed, split_seed)?
+                demo_flags_used(args)?;
+                demo_data(args.val_seed(), split_seed)?
             }
             Err(e) => return Err(e),
         }
     };
     if let Some(n) = args.train_subset {
+        anyhow::ensure!(n > 0, "--train-subset must be at least 1");
         loaded.train.reviews.truncate(n);
     }
     if loaded.train.is_empty() || loaded.val.is_empty() {
         bail!("no training or validation reviews in {}", loaded.source);
     }
+    let positives = loaded.train.reviews.iter().filter(|r| r.label == 1).count();
+    if positives == 0 || positives == loaded.train.len() {
+        bail!(
+            "the training set of {} has {} reviews, all {}: a classifier needs both classes{}",
+            loaded.source,
+            loaded.train.len(),
+            if positives == 0 { "negative" } else { "positive" },
+            if args.train_subset.is_some() { " (raise --train-subset)" } else { " (check the data's pos/ and neg/ folders)" }
+        );
+    }
     Ok(loaded)
+}
+
+/// The demo corpus has a fixed validation set and no test split: refuse the flags that
+/// would be ignored there instead of silently dropping them.
+fn demo_flags_used(args: &DataArgs) -> Result<()> {
+    if let Some(n) = args.val_size {
+        bail!(
+            "--val-size {n}: the demo corpus has a fixed validation set of {DEMO_VAL} reviews; \
+             --val-size applies to IMDB only (drop it, or give --data with IMDB)"
+        );
+    }
+    if args.full_test {
+        bail!("--full-test: the demo corpus has no test split; drop --full-test, or give --data with IMDB");
+    }
+    Ok(())
 }
 
 /// The batches of a run: training batches re-drawn per epoch (seeded), evaluation
@@ -333,9 +373,24 @@ pub fn model_config(h: &Hyper, vocab: usize, loss: Loss) -> Result<ModelConfig> 
 pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
     anyhow::ensure!(h.epochs > 0, "--epochs must be at least 1");
     anyhow::ensure!(h.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(h.lr > 0.0 && h.lr.is_finite(), "--lr must be positive");
-    anyhow::ensure!((0.0..1.0).contains(&h.token_drop), "--token-drop must be in [0, 1)");
-    anyhow::ensure!((0.0..=1.0).contains(&h.warmup_fraction), "--warmup must be in [0, 1]");
+    anyhow::ensure!(h.lr > 0.0 && h.lr.is_finite(), "--lr must be positive and finite, got {}", h.lr);
+    anyhow::ensure!((0.0..1.0).contains(&h.token_drop), "--token-drop must be in [0, 1), got {}", h.token_drop);
+    anyhow::ensure!((0.0..=1.0).contains(&h.warmup_fraction), "--warmup must be in [0, 1], got {}", h.warmup_fraction);
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&h.min_lr_fraction),
+        "--min-lr is a fraction of the peak learning rate and must be in [0, 1], got {}",
+        h.min_lr_fraction
+    );
+    anyhow::ensure!(
+        h.weight_decay >= 0.0 && h.weight_decay.is_finite(),
+        "--weight-decay must be zero or positive and finite, got {}",
+        h.weight_decay
+    );
+    anyhow::ensure!(
+        h.grad_clip >= 0.0 && h.grad_clip.is_finite(),
+        "--grad-clip must be zero (off) or a positive finite norm, got {}",
+        h.grad_clip
+    );
     Ok(TrainConfig {
         epochs: h.epochs,
         batch_size: h.batch_size,
@@ -346,6 +401,54 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
         seed,
         token_drop: h.token_drop,
     })
+}
+
+/// Bytes a training run needs at least, estimated from the model's shape: parameters,
+/// gradients and the two AdamW moments, plus the activations one batch keeps for the
+/// backward pass (per layer and token: about 9C + 2F values, and 2 x heads x T attention
+/// weights). `None` when the count does not even fit in 128 bits.
+pub fn training_bytes(m: &ModelConfig, batch_size: usize) -> Option<u128> {
+    let [v, c, l, f, k, t, b, nh] =
+        [m.vocab, m.d_model, m.n_layer, m.d_ff, m.loss.outputs(), m.max_len, batch_size, m.n_head].map(|x| x as u128);
+    let per_layer = (4 * c).checked_mul(c)?.checked_add((2 * f).checked_mul(c)?)?.checked_add(9 * c + f)?;
+    let params = v.checked_mul(c)?.checked_add(l.checked_mul(per_layer)?)?.checked_add(2 * c + k * c + k)?;
+    let per_token_layer = (9 * c + 2 * f).checked_add((2 * nh).checked_mul(t)?)?;
+    let activations = b.checked_mul(t)?.checked_mul(l.checked_mul(per_token_layer)?.checked_add(4 * c)?)?;
+    params.checked_mul(4)?.checked_add(activations)?.checked_mul(4)
+}
+
+/// Memory the system can give this process now (Linux: MemAvailable), if known.
+fn available_host_bytes() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuse a model that cannot fit before anything is allocated or written: on the cpu
+/// and emu devices the whole run lives in host memory; on cuda the host holds buffers of
+/// the parameters' size (initialization, checkpoints), and a device allocation that
+/// fails is an error from the driver, not an abort.
+pub fn check_fits(m: &ModelConfig, batch_size: usize, device: &Device) -> Result<()> {
+    let flags = "lower --d-model, --layers, --d-ff, --max-len or --batch-size";
+    let host_batch = match device {
+        Device::Gpu { kind: DeviceKind::Cuda, .. } => 0,
+        _ => batch_size,
+    };
+    let need = training_bytes(m, host_batch).with_context(|| format!("the model's size overflows any memory: {flags}"))?;
+    let gib = need as f64 / (1u64 << 30) as f64;
+    if need > isize::MAX as u128 {
+        bail!("this model needs about {gib:.3e} GiB of memory, more than this machine can address: {flags}");
+    }
+    if let Some(have) = available_host_bytes() {
+        if need > have {
+            bail!(
+                "this model needs about {gib:.1} GiB of memory and {:.1} GiB are available: {flags}",
+                have as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A device to train on: the CPU reference, or a kernel device (cuda or emu).
@@ -393,6 +496,9 @@ pub struct RunConfig {
     pub data_source: String,
     pub val_size: usize,
     pub val_seed: u64,
+    /// --train-subset: the run trained on the first N shuffled training reviews.
+    #[serde(default)]
+    pub train_subset: Option<usize>,
     pub truncate: String,
     pub device: String,
     /// Demo corpus only: dense id -> cl100k id.
@@ -418,12 +524,36 @@ impl RunConfig {
             preset,
             data_source: loaded.source.clone(),
             val_size: loaded.val.len(),
-            val_seed: data.val_seed,
+            val_seed: data.val_seed(),
+            train_subset: data.train_subset,
             truncate: data.truncate.to_string(),
             device: device.name(),
             id_map: loaded.id_map.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
+    }
+
+    /// The settings in which `self` (from the flags) differs from `recorded` (a run's
+    /// config.json), by flag name: a run resumes only with none. The device may differ.
+    pub fn differences(&self, recorded: &RunConfig) -> Vec<&'static str> {
+        let (a, b) = (self, recorded);
+        let mut out = Vec::new();
+        let mut check = |same: bool, name: &'static str| {
+            if !same {
+                out.push(name)
+            }
+        };
+        check(a.model.loss == b.model.loss, "--loss");
+        check(a.train.seed == b.train.seed, "--seed");
+        check(a.model == b.model, "model (--d-model, --layers, --heads, --d-ff, --max-len, --dropout, or the data's vocabulary)");
+        check(a.train == b.train, "optimization (--epochs, --batch-size, --lr, --warmup, --min-lr, --weight-decay, --grad-clip, --token-drop)");
+        check(a.data_source == b.data_source, "--data");
+        check(a.val_size == b.val_size, "--val-size");
+        check(a.val_seed == b.val_seed, "--val-seed");
+        check(a.train_subset == b.train_subset, "--train-subset");
+        check(a.truncate == b.truncate, "--truncate");
+        check(a.id_map == b.id_map, "the demo corpus's vocabulary");
+        out
     }
 
     pub fn read(dir: &std::path::Path) -> Result<RunConfig> {

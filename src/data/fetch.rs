@@ -113,6 +113,9 @@ impl Locator {
     /// Resolve with `--data` and the value of `CUDAENC_DATA` given explicitly:
     /// `data`, then `env_data`, then the cached archive, else download it.
     pub fn resolve_with(&self, data: Option<&str>, env_data: Option<&str>) -> Result<DataSource> {
+        if data == Some("") {
+            bail!("--data is empty: give `demo`, an aclImdb/ folder or a .tar.gz in its layout (or leave --data out)");
+        }
         if let Some(d) = data.filter(|s| !s.is_empty()) {
             return DataSource::parse(d).context("--data");
         }

@@ -389,9 +389,10 @@ pub fn read_dir(path: &Path) -> Result<RawCorpus> {
     for part in Part::ALL {
         for l in LABEL_NAMES {
             let dir = root.join(part.name()).join(l);
-            for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let e = e?;
-                if e.file_type()?.is_file() {
+            let listing = || format!("listing {} (is it readable?)", dir.display());
+            for e in std::fs::read_dir(&dir).with_context(listing)? {
+                let e = e.with_context(listing)?;
+                if e.file_type().with_context(|| format!("reading {}", e.path().display()))?.is_file() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     files.push((vec![part.name().into(), l.into(), name], e.path()));
                 }
@@ -430,9 +431,10 @@ pub fn dir_fingerprint(path: &Path) -> Result<String> {
                     Err(_) => continue,
                 };
                 if meta.is_dir() {
-                    for e in std::fs::read_dir(&p)? {
-                        let e = e?;
-                        let m = e.metadata()?;
+                    let listing = || format!("listing {} (is it readable?)", p.display());
+                    for e in std::fs::read_dir(&p).with_context(listing)? {
+                        let e = e.with_context(listing)?;
+                        let m = e.metadata().with_context(|| format!("reading {}", e.path().display()))?;
                         items.push(format!("{}/{}\t{}\t{:?}", rel, e.file_name().to_string_lossy(), m.len(), m.modified().ok()));
                     }
                 } else {

@@ -4,8 +4,10 @@
 //! file renamed into place, so an interrupted write never leaves a half checkpoint.
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use crate::data::fsutil::atomic_write;
+use safetensors::tensor::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 /// Where one named tensor sits in the flat parameter buffer.
@@ -38,7 +40,9 @@ fn total_len(slots: &[TensorSlot]) -> usize {
     slots.iter().map(|s| s.offset + s.len()).max().unwrap_or(0)
 }
 
-/// Write `ckpt` to `path` with the tensors named by `slots`.
+/// Write `ckpt` to `path` with the tensors named by `slots`, in the safetensors format
+/// (8-byte little-endian header length, JSON header, tensor data). The header is built
+/// from sorted maps, so the same checkpoint always gives the same bytes.
 pub fn save(path: &Path, slots: &[TensorSlot], ckpt: &Checkpoint) -> Result<()> {
     let n = total_len(slots);
     ensure!(ckpt.params.len() == n, "checkpoint has {} parameters, layout needs {n}", ckpt.params.len());
@@ -46,24 +50,38 @@ pub fn save(path: &Path, slots: &[TensorSlot], ckpt: &Checkpoint) -> Result<()> 
     if with_moments {
         ensure!(ckpt.adam_m.len() == n && ckpt.adam_v.len() == n, "optimizer moments do not match the layout");
     }
-    let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
     let mut buffers: Vec<(&str, &[f32])> = vec![("", &ckpt.params)];
     if with_moments {
         buffers.push(("adamw_m.", &ckpt.adam_m));
         buffers.push(("adamw_v.", &ckpt.adam_v));
     }
-    for (prefix, buf) in buffers {
+    let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    header.insert("__metadata__".into(), serde_json::to_value(&ckpt.metadata)?);
+    let mut pieces: Vec<&[f32]> = Vec::new();
+    let mut offset = 0usize;
+    for (prefix, buf) in &buffers {
         for s in slots {
-            let bytes: &[u8] = bytemuck::cast_slice(&buf[s.offset..s.offset + s.len()]);
-            views.push((format!("{prefix}{}", s.name), TensorView::new(Dtype::F32, s.shape.clone(), bytes)?));
+            let bytes = 4 * s.len();
+            header.insert(
+                format!("{prefix}{}", s.name),
+                serde_json::json!({"dtype": "F32", "shape": s.shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+            pieces.push(&buf[s.offset..s.offset + s.len()]);
         }
     }
-    let meta: HashMap<String, String> = ckpt.metadata.clone().into_iter().collect();
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, &Some(meta), &tmp)
-        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint into {}", path.display()))?;
-    Ok(())
+    let mut head = serde_json::to_string(&header)?.into_bytes();
+    // the format pads the header with spaces to a multiple of 8 bytes
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+    atomic_write(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(&head)?;
+        for piece in &pieces {
+            w.write_all(bytemuck::cast_slice(piece))?; // little-endian hosts, as the format wants
+        }
+        Ok(())
+    })
+    .with_context(|| format!("writing checkpoint {}", path.display()))
 }
 
 /// Read a checkpoint written by [`save`] for the layout `slots`; every tensor must be
@@ -123,11 +141,34 @@ mod tests {
         };
         save(&path, &slots(), &ckpt).unwrap();
         assert_eq!(load(&path, &slots()).unwrap(), ckpt);
-        assert!(!path.with_extension("safetensors.tmp").exists(), "temporary file is gone");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
         ckpt.adam_m.clear();
         ckpt.adam_v.clear();
         save(&path, &slots(), &ckpt).unwrap();
         assert_eq!(load(&path, &slots()).unwrap(), ckpt);
+    }
+
+    #[test]
+    fn the_same_checkpoint_gives_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoint {
+            params: (0..7).map(|i| i as f32 / 3.0).collect(),
+            adam_m: vec![0.25; 7],
+            adam_v: vec![0.5; 7],
+            metadata: (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect(),
+        };
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let path = dir.path().join(format!("c{i}.safetensors"));
+                save(&path, &slots(), &ckpt).unwrap();
+                std::fs::read(&path).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]), "four saves of one checkpoint differ in their bytes");
+        // and it is a safetensors file other tools read, metadata included
+        let (_, meta) = SafeTensors::read_metadata(&files[0]).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap().get("key11").map(String::as_str), Some("value 11"));
+        assert_eq!(load(&dir.path().join("c0.safetensors"), &slots()).unwrap(), ckpt);
     }
 
     #[test]

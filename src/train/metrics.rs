@@ -43,3 +43,35 @@ impl RunRecord {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// metrics.jsonl is read back and rewritten on --resume: every float must come back
+    /// with the same bits, or the rewritten lines differ from the first ones.
+    #[test]
+    fn metrics_lines_round_trip_bit_exactly() {
+        let mut rng = SplitMix64::new(14);
+        let mut differing = 0;
+        let x = |rng: &mut SplitMix64| rng.uniform() * 10f64.powi((rng.below(12) as i32) - 6);
+        for epoch in 0..20_000 {
+            let m = EpochMetrics {
+                epoch,
+                train_loss: x(&mut rng),
+                train_acc: 100.0 * rng.uniform(),
+                val_loss: x(&mut rng),
+                val_acc: 100.0 * rng.uniform(),
+                test_acc: Some(x(&mut rng)),
+                train_seconds: x(&mut rng),
+                tokens_per_second: x(&mut rng),
+                lr: f32::from_bits(rng.below(0x3f80_0000) as u32) as f64,
+            };
+            let line = serde_json::to_string(&m).unwrap();
+            let back: EpochMetrics = serde_json::from_str(&line).unwrap();
+            differing += usize::from(serde_json::to_string(&back).unwrap() != line || back != m);
+        }
+        assert_eq!(differing, 0, "metrics lines that do not survive a read and a rewrite");
+    }
+}

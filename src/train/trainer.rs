@@ -17,6 +17,7 @@ use crate::rng::SplitMix64;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use crate::data::fsutil::atomic_write;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,11 +50,15 @@ pub struct RunData {
     pub test: Option<Vec<Batch>>,
 }
 
-/// Loss and accuracy (percent) of a model on a set of batches, without dropout.
+/// Loss and accuracy (percent) of a model on a set of batches, without dropout. A
+/// probability that is NaN or outside [0, 1] is an error, never a number in the result.
 pub fn evaluate(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(f64, f64)> {
     let (mut loss, mut correct, mut n) = (0.0f64, 0usize, 0usize);
     for batch in batches {
         let probs = engine.predict(batch)?;
+        if let Some(p) = probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+            bail!("the model gives probability {p} (not in [0, 1]): its weights have diverged or are broken");
+        }
         for (&p, &y) in probs.iter().zip(&batch.labels) {
             let p_label = if y == 1 { p as f64 } else { 1.0 - p as f64 };
             loss -= p_label.max(1e-12).ln();
@@ -89,45 +94,146 @@ pub fn drop_tokens(batch: &Batch, p: f32, seed: u64) -> Batch {
 }
 
 /// A run folder: `config.json`, `metrics.jsonl` (one line per epoch) and
-/// `checkpoint.safetensors` (after each epoch, atomically replaced).
+/// `checkpoint.safetensors` (after each epoch). Every file is written to a temporary
+/// name and renamed into place; docs/design.md ("The run folder") has the life cycle.
 pub struct RunDir {
     pub path: PathBuf,
 }
 
+/// The files of a run folder, by name: the only files cudaenc ever writes there (their
+/// temporary copies are `.<name>.tmp.<pid>.<nanos>`, see `fsutil::temp_path`).
+pub const CONFIG_FILE: &str = "config.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const LOCK_FILE: &str = "run.lock";
+
 impl RunDir {
+    /// Create the folder if needed and write `config.json` into it (atomically).
     pub fn create(path: &Path, config: &serde_json::Value) -> Result<RunDir> {
         std::fs::create_dir_all(path).with_context(|| format!("creating run folder {}", path.display()))?;
-        let tmp = path.join("config.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(config)?)?;
-        std::fs::rename(&tmp, path.join("config.json"))?;
+        let text = serde_json::to_string_pretty(config)?;
+        atomic_write(&path.join(CONFIG_FILE), |w| w.write_all(text.as_bytes()))?;
         Ok(RunDir { path: path.to_path_buf() })
     }
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.path.join("checkpoint.safetensors")
+        self.path.join(CHECKPOINT_FILE)
     }
     pub fn metrics_path(&self) -> PathBuf {
-        self.path.join("metrics.jsonl")
+        self.path.join(METRICS_FILE)
     }
-    /// Rewrite the metrics file to hold exactly `epochs` (used after each epoch, and on
-    /// resume to drop lines of epochs the checkpoint does not cover).
+    /// Rewrite the metrics file to hold exactly `epochs`.
     fn write_metrics(&self, epochs: &[EpochMetrics]) -> Result<()> {
-        let tmp = self.path.join("metrics.jsonl.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut text = String::new();
         for e in epochs {
-            writeln!(f, "{}", serde_json::to_string(e)?)?;
+            text += &serde_json::to_string(e)?;
+            text.push('\n');
         }
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.metrics_path())?;
-        Ok(())
+        atomic_write(&self.metrics_path(), |w| w.write_all(text.as_bytes()))
     }
     pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
-        let text = std::fs::read_to_string(self.metrics_path())
-            .with_context(|| format!("reading {}", self.metrics_path().display()))?;
+        let path = self.metrics_path();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).context("corrupt line in metrics.jsonl"))
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not a metrics line", path.display(), i + 1)))
             .collect()
     }
+    /// Remove temporary files a killed process left (only cudaenc's own temporary names).
+    pub fn remove_stale_temps(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.path) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if [CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE].iter().any(|f| name.starts_with(&format!(".{f}.tmp."))) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The lock of a run folder: an exclusive `flock` on `run.lock`, held while one process
+/// writes the folder, released by the kernel when that process ends however it ends (so
+/// a lock is never stale). The file holds the holder's pid for the error message and is
+/// removed when the lock is dropped.
+pub struct RunLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Take the lock of `dir` (which must exist), or fail at once if another process has it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        let path = dir.join(LOCK_FILE);
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("opening the lock {}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    bail!(
+                        "{} is in use by another cudaenc process{}: wait for it to end, or choose another folder",
+                        dir.display(),
+                        holder.trim().parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    );
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
+            }
+            // the previous holder removes the file as it lets go: if that happened between
+            // our open and our lock, we hold a lock on a removed file; open it again
+            if same_file(&file, &path) {
+                file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
+                return Ok(RunLock { path, _file: file });
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // removed while still locked (the file closes after this): see `acquire`
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Test hook, debug builds only: with `CUDAENC_FAULT=<point>` the process dies at that
+/// point as a `kill -9` would (no cleanup, no destructors). Tests use it to check what
+/// each crash window leaves behind. Release builds never read the variable.
+pub fn fault_point(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("CUDAENC_FAULT").is_ok_and(|v| v == point) {
+        eprintln!("CUDAENC_FAULT: dying at {point}");
+        std::process::abort();
+    }
+}
+
+/// Test hook, debug builds only: with `CUDAENC_FAULT=<point>` the write at that point
+/// fails as on a full disk.
+pub fn disk_full_point(point: &str) -> Result<()> {
+    if cfg!(debug_assertions) && std::env::var("CUDAENC_FAULT").is_ok_and(|v| v == point) {
+        return Err(std::io::Error::from_raw_os_error(28)).context(format!("CUDAENC_FAULT={point}"));
+    }
+    Ok(())
 }
 
 /// What the caller sees of a run in progress.
@@ -163,16 +269,38 @@ pub fn train_run(
     let mut start_epoch = 0;
     if resume {
         let dir = dir.context("--resume needs a run folder")?;
+        if !dir.checkpoint_path().exists() {
+            bail!(
+                "no epoch finished yet in {} (no {CHECKPOINT_FILE}): nothing to resume; run the same command without --resume",
+                dir.path.display()
+            );
+        }
         let ckpt = checkpoint::load(&dir.checkpoint_path(), slots)?;
         start_epoch = ckpt.metadata.get("epoch").and_then(|e| e.parse().ok()).context("checkpoint has no epoch")?;
         if ckpt.adam_m.is_empty() {
             bail!("checkpoint {} has no optimizer state to resume from", dir.checkpoint_path().display());
         }
         engine.load_state(&ckpt.params, &ckpt.adam_m, &ckpt.adam_v)?;
+        // metrics.jsonl is written before the checkpoint, so it holds every epoch the
+        // checkpoint covers, and after a crash between the two, one more: dropped here
         record.epochs = dir.read_metrics()?.into_iter().filter(|e| e.epoch <= start_epoch).collect();
-        eprintln!("resuming {} after epoch {start_epoch}", dir.path.display());
+        if record.epochs.iter().map(|e| e.epoch).ne(1..=start_epoch) {
+            bail!(
+                "{} does not hold one line for each of the {start_epoch} epochs of the checkpoint: cannot resume",
+                dir.metrics_path().display()
+            );
+        }
+        if start_epoch >= cfg.epochs {
+            eprintln!("{} already finished all {} epochs", dir.path.display(), cfg.epochs);
+        } else {
+            eprintln!("resuming {} after epoch {start_epoch}", dir.path.display());
+        }
     }
     for epoch in start_epoch + 1..=cfg.epochs {
+        let kept = || match dir {
+            Some(d) if epoch > 1 => format!("; the checkpoint of epoch {} in {} is kept", epoch - 1, d.path.display()),
+            _ => String::new(),
+        };
         let batches = (data.train)(epoch);
         let bar = if progress.show_bar { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
         bar.set_draw_target(if progress.show_bar { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
@@ -199,10 +327,9 @@ pub fn train_run(
             if !stats.loss.is_finite() {
                 bar.abandon();
                 bail!(
-                    "training loss became {} at epoch {epoch}, step {step} (learning rate {lr:.2e}); \
-                     the last good checkpoint is kept{}",
+                    "training loss became {} at epoch {epoch}, step {step} (learning rate {lr:.2e}){}",
                     stats.loss,
-                    dir.map(|d| format!(" in {}", d.checkpoint_path().display())).unwrap_or_default()
+                    kept()
                 );
             }
             loss_sum += stats.loss as f64 * batch.batch_size as f64;
@@ -220,9 +347,9 @@ pub fn train_run(
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (val_loss, val_acc) = evaluate(engine, &data.val)?;
+        let (val_loss, val_acc) = evaluate(engine, &data.val).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
         let test_acc = match (&data.test, epoch == cfg.epochs) {
-            (Some(test), true) => Some(evaluate(engine, test)?.1),
+            (Some(test), true) => Some(evaluate(engine, test).with_context(|| format!("test split after epoch {epoch}{}", kept()))?.1),
             _ => None,
         };
         let m = EpochMetrics {
@@ -250,9 +377,19 @@ pub fn train_run(
         );
         record.epochs.push(m);
         if let Some(dir) = dir {
+            let params = engine.params()?;
+            if let Some(i) = params.iter().position(|p| !p.is_finite()) {
+                bail!("parameter {i} is {} after epoch {epoch}: not saved{}", params[i], kept());
+            }
+            // metrics first: after a crash between the two renames, metrics.jsonl is one
+            // epoch ahead of the checkpoint and --resume drops that line and redoes the epoch
+            disk_full_point(&format!("metrics-{epoch}"))
+                .and_then(|_| dir.write_metrics(&record.epochs))
+                .with_context(|| format!("saving epoch {epoch}{}", kept()))?;
+            fault_point(&format!("after-metrics-{epoch}"));
             let (adam_m, adam_v) = engine.optimizer_state()?;
             let ckpt = Checkpoint {
-                params: engine.params()?,
+                params,
                 adam_m,
                 adam_v,
                 metadata: [
@@ -263,8 +400,10 @@ pub fn train_run(
                 ]
                 .into(),
             };
-            checkpoint::save(&dir.checkpoint_path(), slots, &ckpt)?;
-            dir.write_metrics(&record.epochs)?;
+            disk_full_point(&format!("checkpoint-{epoch}"))
+                .and_then(|_| checkpoint::save(&dir.checkpoint_path(), slots, &ckpt))
+                .with_context(|| format!("saving epoch {epoch}{}", kept()))?;
+            fault_point(&format!("after-checkpoint-{epoch}"));
         }
         if progress.stop_after == Some(epoch) {
             break;

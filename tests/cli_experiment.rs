@@ -1,0 +1,95 @@
+//! `cudaenc experiment` through the built binary on the demo corpus with a tiny model:
+//! each run folder is the run `train` makes from that folder's flags (so it reproduces
+//! and resumes with `train` alone), and `--resume` continues an interrupted experiment,
+//! keeping the finished runs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TINY: &[&str] = &[
+    "--device", "cpu", "--data", "demo", "--train-subset", "96", "--d-model", "8", "--heads", "2", "--max-len", "16",
+    "--batch-size", "16", "--epochs", "2",
+];
+
+fn cudaenc(args: &[&str], fault: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cudaenc"));
+    cmd.args(args).env_remove("CUDAENC_DATA").env_remove("CUDAENC_FAULT");
+    if let Some(f) = fault {
+        cmd.env("CUDAENC_FAULT", f);
+    }
+    cmd.output().expect("running cudaenc")
+}
+
+fn experiment(out: &Path, extra: &[&str], fault: Option<&str>) -> Output {
+    let mut args = vec!["experiment", "--runs", "2", "--losses", "bce", "--first-seed", "4"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    cudaenc(&args, fault)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The lines of metrics.jsonl without the timing fields.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    String::from_utf8(bytes(&dir.join("metrics.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().retain(|k, _| k != "train_seconds" && k != "tokens_per_second");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn experiment_runs_reproduce_with_train_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("exp");
+    // killed after the first run's first epoch
+    let o = experiment(&out, &[], Some("after-checkpoint-1"));
+    assert!(o.status.code().is_none() && stderr(&o).contains("CUDAENC_FAULT"), "{:?} {}", o.status, stderr(&o));
+    // rerunning it is refused with advice that works
+    let o = experiment(&out, &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    // --resume: run 1 continues from epoch 1, run 2 is trained
+    let o = experiment(&out, &["--resume"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming") && out.join("report.md").exists(), "{}", stderr(&o));
+    // a finished experiment resumes to itself: no run is trained again
+    let seed4 = bytes(&out.join("bce-seed4/checkpoint.safetensors"));
+    let seed5 = bytes(&out.join("bce-seed5/metrics.jsonl"));
+    let o = experiment(&out, &["--resume"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("already finished").count(), 2, "{}", stderr(&o));
+    assert!(bytes(&out.join("bce-seed4/checkpoint.safetensors")) == seed4);
+    assert_eq!(bytes(&out.join("bce-seed5/metrics.jsonl")), seed5);
+
+    // each run folder is what `train` gives with the same flags and that run's seed
+    for seed in ["4", "5"] {
+        let alone = tmp.path().join(format!("train-seed{seed}"));
+        let mut args = vec!["train", "--loss", "bce", "--seed", seed, "--out", alone.to_str().unwrap()];
+        args.extend_from_slice(TINY);
+        let o = cudaenc(&args, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let run = out.join(format!("bce-seed{seed}"));
+        assert_eq!(metrics(&alone), metrics(&run), "seed {seed}: metrics differ from the experiment's run");
+        assert!(
+            bytes(&alone.join("checkpoint.safetensors")) == bytes(&run.join("checkpoint.safetensors")),
+            "seed {seed}: checkpoint differs from the experiment's run"
+        );
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_slice(&bytes(&alone.join("config.json"))).unwrap(),
+            serde_json::from_slice(&bytes(&run.join("config.json"))).unwrap(),
+        );
+        assert_eq!(a, b, "seed {seed}: config.json differs");
+    }
+}
