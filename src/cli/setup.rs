@@ -432,7 +432,7 @@ fn available_host_bytes() -> Option<u128> {
 pub fn check_fits(m: &ModelConfig, batch_size: usize, device: &Device) -> Result<()> {
     let flags = "lower --d-model, --layers, --d-ff, --max-len or --batch-size";
     let host_batch = match device {
-        Device::Gpu { kind: DeviceKind::Cuda, .. } => 0,
+        Device::Gpu(gpu) if gpu.is_cuda() => 0,
         _ => batch_size,
     };
     let need = training_bytes(m, host_batch).with_context(|| format!("the model's size overflows any memory: {flags}"))?;
