@@ -3,6 +3,7 @@
 
 use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::data::demo::DemoData;
+use crate::data::vocab::VocabMap;
 use crate::data::{self, BatchConfig, BatchPlan, DataSource, Locator, Review, ReviewSet, Truncate, TruncatePolicy};
 use crate::device::{DeviceKind, Gpu};
 use crate::model::gpu::GpuEngine;
@@ -47,6 +48,9 @@ pub struct Hyper {
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub epochs: usize,
+    /// Label smoothing (CE) / target smoothing (BCE); 0 in every preset.
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl Preset {
@@ -75,6 +79,7 @@ impl Preset {
             weight_decay: 0.1,
             grad_clip: 1.0,
             epochs: 10,
+            label_smoothing: 0.0,
         };
         match self {
             Preset::Auto | Preset::Cpu => base,
@@ -158,6 +163,10 @@ pub struct HyperArgs {
     /// Training epochs
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Label smoothing EPS for CE (target (1-EPS) onehot + EPS/2), target smoothing for
+    /// BCE (target (1-EPS) y + EPS/2); in [0, 1). Default 0 (off)
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
 }
 
 impl HyperArgs {
@@ -185,6 +194,7 @@ impl HyperArgs {
         set(&mut h.weight_decay, self.weight_decay);
         set(&mut h.grad_clip, self.grad_clip);
         h.epochs = self.epochs.unwrap_or(h.epochs);
+        set(&mut h.label_smoothing, self.label_smoothing);
         h
     }
 }
@@ -211,6 +221,18 @@ pub struct DataArgs {
     /// Also evaluate the whole test split after the last epoch
     #[arg(long)]
     pub full_test: bool,
+    /// Validate on a movie-disjoint held-out part of the train split of about N reviews
+    /// (whole movies, drawn by --val-seed) instead of the test-split sample; the test
+    /// split is then only measured (--full-test). Default: off
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Give an embedding row only to the token ids seen in the training reviews; all
+    /// others share one row (recorded in the run for eval and predict). Default: off
+    #[arg(long)]
+    pub compact_vocab: bool,
+    /// With --compact-vocab: ids seen fewer than K times in training also share that row
+    #[arg(long, value_name = "K", requires = "compact_vocab", default_value_t = 1)]
+    pub min_count: u32,
 }
 
 /// Reviews ready for batching, with the vocabulary they need.
@@ -222,6 +244,19 @@ pub struct LoadedData {
     pub vocab: usize,
     /// Demo corpus only: dense id -> cl100k id (the model's vocabulary is remapped).
     pub id_map: Vec<u32>,
+    /// `--compact-vocab`: the remap applied to every set (after `id_map`); `vocab` is its size.
+    pub vocab_map: Option<VocabMap>,
+}
+
+impl LoadedData {
+    /// Remap the tokens of every set through `map`; the vocabulary becomes its size.
+    pub fn compact(&mut self, map: VocabMap) {
+        let mut sets: Vec<&mut ReviewSet> = vec![&mut self.train, &mut self.val];
+        sets.extend(self.test.as_mut());
+        map.apply(&mut sets);
+        self.vocab = map.size();
+        self.vocab_map = Some(map);
+    }
 }
 
 /// Number of demo reviews for training and validation.
@@ -244,7 +279,11 @@ pub fn is_demo(args: &DataArgs) -> bool {
         || (args.data.is_none() && std::env::var("CUDAENC_DATA").is_ok_and(|v| v == "demo"))
 }
 
-fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
+fn demo_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
+    let val_seed = args.val_seed;
+    if args.holdout.is_some() {
+        bail!("--holdout needs IMDB (it holds out whole movies); the demo corpus has no movies");
+    }
     let demo = DemoData::new(val_seed, DEMO_TRAIN, DEMO_VAL, true)?;
     Ok(LoadedData {
         source: "demo".into(),
@@ -253,6 +292,7 @@ fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
         test: None,
         vocab: demo.vocab,
         id_map: demo.id_map,
+        vocab_map: None,
     })
 }
 
@@ -261,7 +301,7 @@ fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
 /// cache nor downloaded, fall back to the embedded demo corpus with a notice.
 pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
     let mut loaded = if is_demo(args) {
-        demo_data(args.val_seed, split_seed)?
+        demo_data(args, split_seed)?
     } else {
         let loc = Locator::from_env()?;
         let named = args.data.is_some() || std::env::var_os("CUDAENC_DATA").is_some_and(|v| !v.is_empty());
@@ -271,7 +311,10 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     bail!("internal: demo source reached the IMDB loader");
                 }
                 let ds = data::load(&source, &data::LoadOptions::cached(&loc.cache_dir))?;
-                let split = data::paper_split(&ds, split_seed, args.val_size, args.val_seed);
+                let split = match args.holdout {
+                    Some(n) => data::split::holdout_split(&ds, split_seed, n, args.val_seed)?,
+                    None => data::paper_split(&ds, split_seed, args.val_size, args.val_seed),
+                };
                 LoadedData {
                     source: source.to_string(),
                     train: split.train,
@@ -279,6 +322,7 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     test: args.full_test.then_some(split.test),
                     vocab: data::tokenize::VOCAB_SIZE as usize,
                     id_map: Vec::new(),
+                    vocab_map: None,
                 }
             }
             Err(e) if !named => {
@@ -286,7 +330,7 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     "notice: IMDB is not available ({e:#}); using the embedded demo corpus instead. \
                      Give --data PATH or set CUDAENC_DATA to train on IMDB."
                 );
-                demo_data(args.val_seed, split_seed)?
+                demo_data(args, split_seed)?
             }
             Err(e) => return Err(e),
         }
@@ -296,6 +340,12 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
     }
     if loaded.train.is_empty() || loaded.val.is_empty() {
         bail!("no training or validation reviews in {}", loaded.source);
+    }
+    if args.compact_vocab {
+        // counted on the reviews trained on only, so held-out and test ids unseen in
+        // training share the one row, as they would for a new review
+        let map = VocabMap::build(&loaded.train, args.min_count);
+        loaded.compact(map);
     }
     Ok(loaded)
 }
@@ -336,13 +386,19 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
     anyhow::ensure!(h.lr > 0.0 && h.lr.is_finite(), "--lr must be positive");
     anyhow::ensure!((0.0..1.0).contains(&h.token_drop), "--token-drop must be in [0, 1)");
     anyhow::ensure!((0.0..=1.0).contains(&h.warmup_fraction), "--warmup must be in [0, 1]");
+    anyhow::ensure!((0.0..1.0).contains(&h.label_smoothing), "--label-smoothing must be in [0, 1)");
     Ok(TrainConfig {
         epochs: h.epochs,
         batch_size: h.batch_size,
         lr: h.lr,
         warmup_fraction: h.warmup_fraction,
         min_lr_fraction: h.min_lr_fraction,
-        optim: OptimConfig { weight_decay: h.weight_decay, grad_clip: h.grad_clip, ..OptimConfig::default() },
+        optim: OptimConfig {
+            weight_decay: h.weight_decay,
+            grad_clip: h.grad_clip,
+            label_smoothing: h.label_smoothing,
+            ..OptimConfig::default()
+        },
         seed,
         token_drop: h.token_drop,
     })
@@ -397,11 +453,17 @@ pub struct RunConfig {
     pub data_source: String,
     pub val_size: usize,
     pub val_seed: u64,
+    /// `--holdout N`: the validation set was a movie-disjoint part of the train split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<usize>,
     pub truncate: String,
     pub device: String,
     /// Demo corpus only: dense id -> cl100k id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub id_map: Vec<u32>,
+    /// `--compact-vocab`: the token remap of the run (applied after `id_map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_map: Option<VocabMap>,
     pub version: String,
 }
 
@@ -423,9 +485,11 @@ impl RunConfig {
             data_source: loaded.source.clone(),
             val_size: loaded.val.len(),
             val_seed: data.val_seed,
+            holdout: data.holdout,
             truncate: data.truncate.to_string(),
             device: device.name(),
             id_map: loaded.id_map.clone(),
+            vocab_map: loaded.vocab_map.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
     }
