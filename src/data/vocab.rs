@@ -59,7 +59,9 @@ impl VocabMap {
     pub fn apply(&self, sets: &mut [&mut ReviewSet]) {
         let table_len = self.kept.last().map_or(0, |&m| m as usize + 1);
         let table: Vec<u32> = (0..table_len as u32).map(|id| self.map(id)).collect();
-        let mut done: Vec<(Arc<[u32]>, Arc<[u32]>)> = Vec::new();
+        // (a buffer seen before, its remapped copy)
+        type Remapped = (Arc<[u32]>, Arc<[u32]>);
+        let mut done: Vec<Remapped> = Vec::new();
         for set in sets.iter_mut() {
             let mapped = match done.iter().find(|(old, _)| Arc::ptr_eq(old, &set.tokens)) {
                 Some((_, new)) => new.clone(),
