@@ -6,7 +6,7 @@ mod data_common;
 
 use clap::Parser;
 use cudaenc::cli::setup::{self, DataArgs, RunConfig};
-use cudaenc::cli::{eval, predict, train};
+use cudaenc::cli::{eval, experiment, predict, train};
 use cudaenc::train::trainer::RunDir;
 use data_common::*;
 use std::collections::HashSet;
@@ -22,8 +22,11 @@ fn parse<A: clap::Args>(argv: &[&str]) -> A {
     Cli::<A>::try_parse_from(std::iter::once("x").chain(argv.iter().copied())).unwrap().args
 }
 
+/// The tests of this file set CUDAENC_CACHE (process-wide): one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// An archive of 40 reviews per split and label (two per movie), and a token cache
-/// folder for this test only.
+/// folder for this test only (hold `SERIAL`).
 fn archive(dir: &Path) -> String {
     std::env::set_var("CUDAENC_CACHE", dir.join("cache"));
     let ar = dir.join("imdb.tar.gz");
@@ -33,6 +36,7 @@ fn archive(dir: &Path) -> String {
 
 #[test]
 fn holdout_compaction_and_smoothing_end_to_end() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let data = archive(tmp.path());
 
@@ -97,4 +101,47 @@ fn holdout_compaction_and_smoothing_end_to_end() {
     let e = format!("{:#}", train::run(parse(&["--data", &data, "--holdout", "80", "--device", "cpu", "--out", out])).unwrap_err());
     assert!(e.contains("nothing is left to train on"), "{e}");
     assert!(!Path::new(out).exists(), "no half run folder left behind");
+}
+
+#[test]
+fn experiment_report_has_auc_and_calibration_per_loss() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = archive(tmp.path());
+    let out = tmp.path().join("exp");
+    let args: experiment::Args = parse(&[
+        "--data", &data, "--holdout", "15", "--runs", "2", "--losses", "bce,ce", "--preset", "demo", "--epochs", "1",
+        "--batch-size", "8", "--max-len", "24", "--device", "cpu", "--full-test", "--out", out.to_str().unwrap(),
+    ]);
+    experiment::run(args).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "held-out movies of the train split",
+        "ROC-AUC and calibration on the validation set (last epoch)",
+        "ROC-AUC and calibration on the whole test split (last epoch)",
+        "| BCE | 2 |",
+        "| CE | 2 |",
+    ] {
+        assert!(report.contains(want), "missing '{want}' in:\n{report}");
+    }
+    // the pooled ECE of the report is the ECE of the runs' bins added up
+    let pooled = |loss: &str| {
+        let cals: Vec<_> = (1..=2)
+            .map(|seed| {
+                let m = RunDir { path: out.join(format!("{loss}-seed{seed}")) }.read_metrics().unwrap();
+                m.last().unwrap().test_quality.clone().unwrap().calibration
+            })
+            .collect();
+        cudaenc::train::stats::Calibration::pooled(&cals).unwrap().ece()
+    };
+    for loss in ["bce", "ce"] {
+        let row = format!("| {} | 2 |", loss.to_uppercase());
+        let line = report.split("whole test split (last epoch)").nth(1).unwrap().lines().find(|l| l.starts_with(&row)).unwrap();
+        let last: f64 = line.trim_end_matches('|').rsplit('|').next().unwrap().trim().parse().unwrap();
+        assert!((last - pooled(loss)).abs() < 5e-5, "{loss}: report {last} vs pooled {}", pooled(loss));
+    }
+    for svg in ["reliability_val.svg", "reliability_test.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.contains("BCE (ECE") && text.contains("CE (ECE"), "{svg}");
+    }
 }
