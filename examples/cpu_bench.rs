@@ -52,7 +52,7 @@ fn main() -> Result<()> {
 
     let seed = 1;
     let train_subset: Option<usize> = flag("--subset").map(|s| s.parse()).transpose()?;
-    let data_args = DataArgs { data: Some(data), val_size: None, val_seed: None, truncate: TruncatePolicy::Head, train_subset, full_test: false };
+    let data_args = DataArgs { data: Some(data), val_size: None, val_seed: None, truncate: TruncatePolicy::Head, train_subset, full_test: false, holdout: None, compact_vocab: false, min_count: 1 };
     let loaded = setup::load_data(&data_args, seed)?;
     let h = Preset::Cpu.hyper();
     let run = setup::run_data(&loaded, &h, TruncatePolicy::Head, seed);

@@ -4,16 +4,20 @@
 // host, in review order (deterministic; the reference's forward returns it the same way).
 #include "cudaenc.cuh"
 
-// losses (B), probs (B,K) <- logits (B,K), labels (B) in 0..K.
-// loss = logsumexp(z) - z[y], written as (m - z[y]) + log1p(s) with m = max z (first
-// argmax a) and s = sum_{j != a} exp(z[j] - m): no cancellation against a large lse, so a
-// confident review's tiny loss keeps its relative precision and huge logits stay finite.
+// losses (B), probs (B,K) <- logits (B,K), labels (B) in 0..K; label smoothing eps in [0,1).
+// The target is q = (1 - eps) onehot(y) + eps / K, loss = sum_j q_j (lse - z[j])
+//   = (1 - eps) (lse - z[y]) + eps (lse - mean_j z[j]),
+// with lse - z[j] written as (m - z[j]) + log1p(s), m = max z (first argmax a) and
+// s = sum_{j != a} exp(z[j] - m): no cancellation against a large lse, so a confident
+// review's tiny loss keeps its relative precision and huge logits stay finite. eps = 0
+// gives exactly the unsmoothed loss.
 // probs = exp(z - m) / (1 + s): the argmax class gets exactly 1 / (1 + s), so 1 - p (the
 // backward's cancellation) is as accurate as f32 allows; two equal logits give exactly 0.5.
 // A label >= K (the reference panics) gives a NaN loss, so it cannot pass unnoticed.
 extern "C" __global__ void softmax_ce_forward(float* __restrict__ losses, float* __restrict__ probs,
                                               const float* __restrict__ logits,
-                                              const unsigned char* __restrict__ labels, int B, int K) {
+                                              const unsigned char* __restrict__ labels, int B, int K,
+                                              float eps) {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
     const float* z = logits + (size_t)b * K;
@@ -21,52 +25,61 @@ extern "C" __global__ void softmax_ce_forward(float* __restrict__ losses, float*
     for (int j = 1; j < K; j++)
         if (z[j] > z[a]) a = j;
     const float m = z[a];
-    float s = 0.0f;
-    for (int j = 0; j < K; j++)
+    float s = 0.0f, zsum = 0.0f;
+    for (int j = 0; j < K; j++) {
         if (j != a) s += expf(z[j] - m);
+        zsum += z[j];
+    }
     const float inv = 1.0f / (1.0f + s);
     float* p = probs + (size_t)b * K;
     for (int j = 0; j < K; j++) p[j] = (j == a ? 1.0f : expf(z[j] - m)) * inv;
     const int y = labels[b];
-    losses[b] = y < K ? (m - z[y]) + log1pf(s) : NAN;
+    const float l1p = log1pf(s);
+    const float nll = (m - z[y]) + l1p;
+    losses[b] = y < K ? (eps == 0.0f ? nll : (1.0f - eps) * nll + eps * ((m - zsum / (float)K) + l1p)) : NAN;
 }
 CUDAENC_REGISTER(softmax_ce_forward)
 
-// dlogits (B,K) = (probs - onehot(labels)) / B: gradient of the mean loss (overwrites).
+// dlogits (B,K) = (probs - q) / B, q = (1 - eps) onehot(labels) + eps / K: gradient of the
+// mean loss (overwrites).
 extern "C" __global__ void softmax_ce_backward(float* __restrict__ dlogits, const float* __restrict__ probs,
-                                               const unsigned char* __restrict__ labels, int B, int K) {
+                                               const unsigned char* __restrict__ labels, int B, int K,
+                                               float eps) {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
     const float inv_b = 1.0f / (float)max(B, 1);
+    const float off = eps / (float)K, on = 1.0f - eps + off;
     const int y = labels[b];
     for (int j = 0; j < K; j++) {
         const size_t at = (size_t)b * K + j;
-        dlogits[at] = (probs[at] - (j == y ? 1.0f : 0.0f)) * inv_b;
+        dlogits[at] = (probs[at] - (j == y ? on : off)) * inv_b;
     }
 }
 CUDAENC_REGISTER(softmax_ce_backward)
 
-// losses (B), probs (B) = sigmoid(z) <- logits (B), labels (B) in {0,1}.
-// loss = max(z,0) - z y + log1p(exp(-|z|)); exp(-|z|) is in (0,1]: never overflows.
+// losses (B), probs (B) = sigmoid(z) <- logits (B), labels (B) in {0,1}; target smoothing
+// eps in [0,1): the target is t = (1 - eps) y + eps / 2.
+// loss = max(z,0) - z t + log1p(exp(-|z|)); exp(-|z|) is in (0,1]: never overflows.
 extern "C" __global__ void sigmoid_bce_forward(float* __restrict__ losses, float* __restrict__ probs,
                                                const float* __restrict__ logits,
-                                               const unsigned char* __restrict__ labels, int B) {
+                                               const unsigned char* __restrict__ labels, int B, float eps) {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
-    const float z = logits[b], y = (float)labels[b];
+    const float z = logits[b], t = (1.0f - eps) * (float)labels[b] + 0.5f * eps;
     const float e = expf(-fabsf(z));
-    losses[b] = fmaxf(z, 0.0f) - z * y + log1pf(e);
+    losses[b] = fmaxf(z, 0.0f) - z * t + log1pf(e);
     probs[b] = z >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
 CUDAENC_REGISTER(sigmoid_bce_forward)
 
-// dlogits (B) = (probs - labels) / B: gradient of the mean loss (overwrites).
+// dlogits (B) = (probs - t) / B, t = (1 - eps) labels + eps / 2: gradient of the mean
+// loss (overwrites).
 extern "C" __global__ void sigmoid_bce_backward(float* __restrict__ dlogits, const float* __restrict__ probs,
-                                                const unsigned char* __restrict__ labels, int B) {
+                                                const unsigned char* __restrict__ labels, int B, float eps) {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
     const float inv_b = 1.0f / (float)max(B, 1);
-    dlogits[b] = (probs[b] - (float)labels[b]) * inv_b;
+    dlogits[b] = (probs[b] - ((1.0f - eps) * (float)labels[b] + 0.5f * eps)) * inv_b;
 }
 CUDAENC_REGISTER(sigmoid_bce_backward)
 

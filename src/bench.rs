@@ -398,10 +398,10 @@ fn loss_case(gpu: &Gpu, b: usize, loss: Loss, forward: bool) -> Result<Case> {
         na: false,
         run: Box::new(move |g| {
             let (name, args): (&str, Vec<Arg>) = match (loss, forward) {
-                (Loss::Ce, true) => ("softmax_ce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into()]),
-                (Loss::Ce, false) => ("softmax_ce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into(), k.into()]),
-                (Loss::Bce, true) => ("sigmoid_bce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into()]),
-                (Loss::Bce, false) => ("sigmoid_bce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into()]),
+                (Loss::Ce, true) => ("softmax_ce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into(), 0.0f32.into()]),
+                (Loss::Ce, false) => ("softmax_ce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into(), k.into(), 0.0f32.into()]),
+                (Loss::Bce, true) => ("sigmoid_bce_forward", vec![losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), 0.0f32.into()]),
+                (Loss::Bce, false) => ("sigmoid_bce_backward", vec![dlogits.arg(), probs.arg(), labels.arg(), b.into(), 0.0f32.into()]),
             };
             g.launch(name, grid, BLOCK as u32, 0, &args)
         }),

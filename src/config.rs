@@ -81,10 +81,14 @@ pub struct OptimConfig {
     pub eps: f32,
     /// Clip the global gradient L2 norm to this value (0 or less: no clipping).
     pub grad_clip: f32,
+    /// Label smoothing (CE: target (1 - eps) onehot + eps / 2) or target smoothing (BCE:
+    /// target (1 - eps) y + eps / 2) of the training loss, in [0, 1); 0: none.
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, grad_clip: 1.0 }
+        OptimConfig { weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, grad_clip: 1.0, label_smoothing: 0.0 }
     }
 }

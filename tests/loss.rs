@@ -7,6 +7,7 @@
 //! p's half-ulp near 1 alone is 3e-6 of the floor, and the emulator reaches 8.4e-6; a GPU's
 //! expf differs from the host's by a few ulp. Logits: N(0, 3), and
 //! extreme ones (+-100, +-1e4 mixed with 0 and small values), which must stay finite.
+//! Every case runs without smoothing and with label / target smoothing (SMOOTHING).
 mod common;
 
 use common::{devices, max_rel_err, rel_err, to_f32, to_f64};
@@ -23,6 +24,8 @@ const EXTREMES: [f64; 8] = [100.0, -100.0, 1e4, -1e4, 0.0, 0.5, -3.0, 1e4];
 /// (B, K) for CE (K = 1 for BCE): one review, the training batch, odd sizes, K > 2.
 const CE_SHAPES: &[(usize, usize)] = &[(1, 2), (64, 2), (257, 2), (5, 7), (300, 3)];
 const BCE_SHAPES: &[usize] = &[1, 64, 257, 1000];
+/// Label smoothing (CE) / target smoothing (BCE) values tested: off, typical, large.
+const SMOOTHING: [f32; 3] = [0.0, 0.1, 0.45];
 
 /// Accuracy as the trainer counts it: `predicted_label` on the positive-class probability
 /// for K = 1 (BCE) and K = 2 (CE); argmax, first of equals, for K > 2.
@@ -81,21 +84,21 @@ fn check_mean(fails: &mut Vec<String>, ctx: &str, got: f32, want: f64) {
     }
 }
 
-fn run_ce(gpu: &Gpu, b: usize, k: usize, extreme: bool) -> anyhow::Result<Vec<String>> {
+fn run_ce(gpu: &Gpu, b: usize, k: usize, extreme: bool, eps: f32) -> anyhow::Result<Vec<String>> {
     let mut rng = SplitMix64::new(13 * b as u64 + k as u64 + extreme as u64);
     let z = logits(&mut rng, b * k, extreme);
     let labels: Vec<u8> = (0..b).map(|_| rng.below(k as u64) as u8).collect();
     let (mut l_r, mut p_r, mut d_r) = (vec![0.0; b], vec![0.0; b * k], vec![0.0; b * k]);
-    let mean_r = reference::softmax_ce_forward(&mut l_r, &mut p_r, &to_f64(&z), &labels, b, k);
-    reference::softmax_ce_backward(&mut d_r, &p_r, &labels, b, k);
+    let mean_r = reference::softmax_ce_forward(&mut l_r, &mut p_r, &to_f64(&z), &labels, b, k, eps as f64);
+    reference::softmax_ce_backward(&mut d_r, &p_r, &labels, b, k, eps as f64);
 
     let (d_z, d_y) = (gpu.upload(&z)?, gpu.upload(&labels)?);
     let d_l = gpu.upload(&vec![f32::NAN; b])?;
     let d_p = gpu.upload(&vec![f32::NAN; b * k])?;
     let d_d = gpu.upload(&vec![f32::NAN; b * k])?;
-    let mean = softmax_ce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b, k)?;
-    softmax_ce_backward(gpu, &d_d, &d_p, &d_y, b, k)?;
-    let ctx = format!("{} CE B={b} K={k}{}", gpu.name(), if extreme { " extreme" } else { "" });
+    let mean = softmax_ce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b, k, eps)?;
+    softmax_ce_backward(gpu, &d_d, &d_p, &d_y, b, k, eps)?;
+    let ctx = format!("{} CE B={b} K={k} eps={eps}{}", gpu.name(), if extreme { " extreme" } else { "" });
     let mut fails = Vec::new();
     let probs = gpu.download(&d_p)?;
     compare(&mut fails, &ctx, "losses", &gpu.download(&d_l)?, &l_r);
@@ -103,28 +106,28 @@ fn run_ce(gpu: &Gpu, b: usize, k: usize, extreme: bool) -> anyhow::Result<Vec<St
     compare(&mut fails, &ctx, "probs", &probs, &p_r);
     compare(&mut fails, &ctx, "dlogits", &gpu.download(&d_d)?, &d_r);
     check_mean(&mut fails, &ctx, mean, mean_r);
-    if softmax_ce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b, k)?.to_bits() != mean.to_bits() {
+    if softmax_ce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b, k, eps)?.to_bits() != mean.to_bits() {
         fails.push(format!("{ctx}: mean loss differs on rerun"));
     }
     check_accuracy(gpu, &mut fails, &ctx, &probs, &d_p, &d_y, &labels, b, k)?;
     Ok(fails)
 }
 
-fn run_bce(gpu: &Gpu, b: usize, extreme: bool) -> anyhow::Result<Vec<String>> {
+fn run_bce(gpu: &Gpu, b: usize, extreme: bool, eps: f32) -> anyhow::Result<Vec<String>> {
     let mut rng = SplitMix64::new(17 * b as u64 + extreme as u64);
     let z = logits(&mut rng, b, extreme);
     let labels: Vec<u8> = (0..b).map(|_| rng.below(2) as u8).collect();
     let (mut l_r, mut p_r, mut d_r) = (vec![0.0; b], vec![0.0; b], vec![0.0; b]);
-    let mean_r = reference::sigmoid_bce_forward(&mut l_r, &mut p_r, &to_f64(&z), &labels, b);
-    reference::sigmoid_bce_backward(&mut d_r, &p_r, &labels, b);
+    let mean_r = reference::sigmoid_bce_forward(&mut l_r, &mut p_r, &to_f64(&z), &labels, b, eps as f64);
+    reference::sigmoid_bce_backward(&mut d_r, &p_r, &labels, b, eps as f64);
 
     let (d_z, d_y) = (gpu.upload(&z)?, gpu.upload(&labels)?);
     let d_l = gpu.upload(&vec![f32::NAN; b])?;
     let d_p = gpu.upload(&vec![f32::NAN; b])?;
     let d_d = gpu.upload(&vec![f32::NAN; b])?;
-    let mean = sigmoid_bce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b)?;
-    sigmoid_bce_backward(gpu, &d_d, &d_p, &d_y, b)?;
-    let ctx = format!("{} BCE B={b}{}", gpu.name(), if extreme { " extreme" } else { "" });
+    let mean = sigmoid_bce_forward(gpu, &d_l, &d_p, &d_z, &d_y, b, eps)?;
+    sigmoid_bce_backward(gpu, &d_d, &d_p, &d_y, b, eps)?;
+    let ctx = format!("{} BCE B={b} eps={eps}{}", gpu.name(), if extreme { " extreme" } else { "" });
     let mut fails = Vec::new();
     let probs = gpu.download(&d_p)?;
     compare(&mut fails, &ctx, "losses", &gpu.download(&d_l)?, &l_r);
@@ -162,17 +165,17 @@ fn check_accuracy(
 fn losses_match_f64_reference() {
     let mut failures = Vec::new();
     for gpu in devices("loss") {
-        for extreme in [false, true] {
+        for (extreme, eps) in [false, true].into_iter().flat_map(|x| SMOOTHING.map(|e| (x, e))) {
             for &(b, k) in CE_SHAPES {
-                match run_ce(&gpu, b, k, extreme) {
+                match run_ce(&gpu, b, k, extreme, eps) {
                     Ok(f) => failures.extend(f),
-                    Err(e) => failures.push(format!("{} CE B={b} K={k}: {e:#}", gpu.name())),
+                    Err(e) => failures.push(format!("{} CE B={b} K={k} eps={eps}: {e:#}", gpu.name())),
                 }
             }
             for &b in BCE_SHAPES {
-                match run_bce(&gpu, b, extreme) {
+                match run_bce(&gpu, b, extreme, eps) {
                     Ok(f) => failures.extend(f),
-                    Err(e) => failures.push(format!("{} BCE B={b}: {e:#}", gpu.name())),
+                    Err(e) => failures.push(format!("{} BCE B={b} eps={eps}: {e:#}", gpu.name())),
                 }
             }
         }
@@ -205,6 +208,17 @@ fn accuracy_count_at_the_decision_boundary() {
 fn out_of_range_label_gives_nan_loss() {
     let gpu = Gpu::emu();
     let (l, p) = (gpu.zeros::<f32>(1).unwrap(), gpu.zeros::<f32>(2).unwrap());
-    let mean = softmax_ce_forward(&gpu, &l, &p, &gpu.upload(&[1.0f32, 2.0]).unwrap(), &gpu.upload(&[2u8]).unwrap(), 1, 2).unwrap();
+    let mean = softmax_ce_forward(&gpu, &l, &p, &gpu.upload(&[1.0f32, 2.0]).unwrap(), &gpu.upload(&[2u8]).unwrap(), 1, 2, 0.0).unwrap();
     assert!(mean.is_nan());
+}
+
+#[test]
+fn smoothing_outside_0_1_is_refused() {
+    let gpu = Gpu::emu();
+    let (l, p, z, y) = (gpu.zeros::<f32>(1).unwrap(), gpu.zeros::<f32>(1).unwrap(), gpu.zeros::<f32>(1).unwrap(), gpu.zeros::<u8>(1).unwrap());
+    for eps in [1.0f32, -0.1, f32::NAN] {
+        let e = sigmoid_bce_forward(&gpu, &l, &p, &z, &y, 1, eps).unwrap_err();
+        assert!(format!("{e:#}").contains("smoothing"), "{e:#}");
+        assert!(sigmoid_bce_backward(&gpu, &l, &p, &y, 1, eps).is_err());
+    }
 }

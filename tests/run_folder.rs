@@ -64,6 +64,9 @@ fn only_a_finite_checkpoint_is_kept() {
         truncate: TruncatePolicy::Head,
         train_subset: Some(64),
         full_test: false,
+        holdout: None,
+        compact_vocab: false,
+        min_count: 1,
     };
     let loaded = setup::load_data(&args, 1).unwrap();
     let h = setup::Hyper { epochs: 3, d_model: 8, d_ff: 16, n_head: 2, max_len: 16, batch_size: 16, ..Preset::Demo.hyper() };

@@ -18,6 +18,9 @@ fn demo_args() -> DataArgs {
         truncate: TruncatePolicy::Head,
         train_subset: Some(2000),
         full_test: false,
+        holdout: None,
+        compact_vocab: false,
+        min_count: 1,
     }
 }
 

@@ -8,7 +8,8 @@ use crate::model::params::ParamLayout;
 use crate::model::Batch;
 use crate::train::checkpoint;
 use crate::train::engine::Engine;
-use crate::train::trainer::evaluate;
+use crate::train::stats::ProbQuality;
+use crate::train::trainer::{loss_and_accuracy, predictions};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -47,7 +48,39 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engin
     Ok((config, engine))
 }
 
+/// What `eval` measured on one set.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub source: String,
+    pub device: String,
+    pub reviews: usize,
+    /// Mean negative log-likelihood and accuracy in percent.
+    pub loss: f64,
+    pub acc: f64,
+    /// ROC-AUC and calibration of the probabilities.
+    pub quality: ProbQuality,
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let m = measure(&args)?;
+    println!(
+        "{:?} split of {}: {} reviews, accuracy {:.2}%, loss {:.4}, ROC-AUC {}, ECE {:.4} ({} on {})",
+        args.split,
+        m.source,
+        m.reviews,
+        m.acc,
+        m.loss,
+        m.quality.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a (one class)".into()),
+        m.quality.ece,
+        args.run.display(),
+        m.device
+    );
+    Ok(())
+}
+
+/// Load the run and the data as the run saw them (its held-out movies and token remap)
+/// and evaluate the chosen split.
+pub fn measure(args: &Args) -> Result<Measured> {
     let device = Device::open(args.device)?;
     let (config, mut engine) = load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
     // without --data: the data the run was trained on, as its config.json records it
@@ -66,13 +99,22 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::bail!("the demo corpus has no test split: use --split val (or train)");
     }
     data_args.full_test = args.split == Split::Test;
-    let loaded = setup::load_data(&data_args, config.train.seed).with_context(|| {
+    if data_args.holdout.is_none() && config.holdout.is_some() {
+        // the run validated on held-out movies of the train split: the same ones
+        data_args.holdout = config.holdout;
+        data_args.val_seed = Some(config.val_seed);
+    }
+    data_args.compact_vocab = false; // the run's own remap is applied below
+    let mut loaded = setup::load_data(&data_args, config.train.seed).with_context(|| {
         if recorded {
             format!("loading the run's data {} (recorded in its config.json; give --data to use other data)", config.data_source)
         } else {
             "loading the data".to_string()
         }
     })?;
+    if let Some(map) = &config.vocab_map {
+        loaded.compact(map.clone());
+    }
     ensure!(
         loaded.vocab == config.model.vocab,
         "the data's vocabulary ({}) is not the model's ({}): was the run trained on other data?",
@@ -87,14 +129,14 @@ pub fn run(args: Args) -> Result<()> {
     let policy = config.truncate.parse().map_err(anyhow::Error::msg)?;
     let cfg = BatchConfig::new(config.train.batch_size, Truncate::new(config.model.max_len, policy));
     let batches: Vec<Batch> = BatchPlan::eval(set, &cfg).iter(set).collect();
-    let (loss, acc) = evaluate(engine.as_mut(), &batches)?;
-    println!(
-        "{:?} split of {}: {} reviews, accuracy {acc:.2}%, loss {loss:.4} ({} on {})",
-        args.split,
-        loaded.source,
-        set.len(),
-        args.run.display(),
-        device.name()
-    );
-    Ok(())
+    let (probs, labels) = predictions(engine.as_mut(), &batches)?;
+    let (loss, acc) = loss_and_accuracy(&probs, &labels)?;
+    Ok(Measured {
+        source: loaded.source.clone(),
+        device: device.name(),
+        reviews: set.len(),
+        loss,
+        acc,
+        quality: ProbQuality::of(&probs, &labels),
+    })
 }

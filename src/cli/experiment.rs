@@ -10,8 +10,8 @@ use crate::config::Loss;
 use crate::device::DeviceKind;
 use crate::train::metrics::RunRecord;
 use crate::train::plots;
+use crate::train::stats::{welch_t_test, Calibration, ProbQuality, Summary, CALIBRATION_BINS};
 use crate::train::trainer::CHECKPOINT_FILE;
-use crate::train::stats::{welch_t_test, Summary};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -101,7 +101,11 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let (h, _, source, n_train, n_val) = summary.context("no run")?;
-    let source = format!("{source} ({n_train} train reviews, validation sample of {n_val}, seed {})", args.data.val_seed());
+    let val = match args.data.holdout {
+        Some(_) => format!("validation: {n_val} reviews of held-out movies of the train split"),
+        None => format!("validation sample of {n_val} from the test split"),
+    };
+    let source = format!("{source} ({n_train} train reviews, {val}, seed {})", args.data.val_seed());
     let report = write_report(&args, &out, &h, &device.name(), &source, &results, seconds)?;
     println!("{report}");
     Ok(())
@@ -179,6 +183,7 @@ fn write_report(
             );
         }
     }
+    md += &quality_section(out, results)?;
     // figures: box plot of last-epoch accuracies; curves of each loss's best run
     let groups: Vec<(String, Vec<f64>)> = last.iter().map(|(l, v)| (l.name().to_uppercase(), v.clone())).collect();
     plots::box_plot(&out.join("accuracy_boxplot.svg"), "Validation accuracy after the last epoch", &groups)?;
@@ -201,5 +206,57 @@ fn write_report(
     let json = serde_json::to_string_pretty(&json)?;
     atomic_write(&out.join("results.json"), |w| w.write_all(json.as_bytes()))?;
     atomic_write(&out.join("report.md"), |w| w.write_all(md.as_bytes()))?;
+    Ok(md)
+}
+
+/// Beyond the paper: ROC-AUC and calibration of the last epoch's probabilities, per loss
+/// (mean over runs; ECE also of all runs' reviews pooled), on the validation set and, when
+/// evaluated, the whole test split; one reliability diagram (SVG) per set.
+fn quality_section(out: &std::path::Path, results: &[(Loss, Vec<RunRecord>)]) -> Result<String> {
+    type Pick = fn(&crate::train::metrics::EpochMetrics) -> Option<&ProbQuality>;
+    let sets: [(&str, &str, Pick); 2] = [
+        ("validation set", "reliability_val.svg", |e| e.val_quality.as_ref()),
+        ("whole test split", "reliability_test.svg", |e| e.test_quality.as_ref()),
+    ];
+    let mut md = String::new();
+    for (name, file, pick) in sets {
+        let per_loss: Vec<(Loss, Vec<&ProbQuality>)> =
+            results.iter().map(|(l, rs)| (*l, rs.iter().filter_map(|r| r.last().and_then(pick)).collect())).collect();
+        if per_loss.iter().any(|(_, q)| q.is_empty()) {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "\n### Beyond the paper: ROC-AUC and calibration on the {name} (last epoch)\n\n\
+             ECE: expected calibration error of p(positive), {CALIBRATION_BINS} equal-width bins \
+             (0 is perfect); pooled: all runs' reviews in one set of bins. Diagram: `{file}`.\n\n\
+             | loss | runs | ROC-AUC mean | ROC-AUC min | ROC-AUC max | ECE mean | ECE min | ECE max | ECE pooled |\n\
+             |---|---|---|---|---|---|---|---|---|"
+        );
+        let mut pooled = Vec::new();
+        for (loss, qs) in &per_loss {
+            let aucs: Vec<f64> = qs.iter().filter_map(|q| q.auc).collect();
+            let eces: Vec<f64> = qs.iter().map(|q| q.ece).collect();
+            let pool = Calibration::pooled(qs.iter().map(|q| &q.calibration)).context("no calibration")?;
+            let auc = |f: fn(&Summary) -> f64| if aucs.is_empty() { "n/a".to_string() } else { format!("{:.4}", f(&Summary::of(&aucs))) };
+            let e = Summary::of(&eces);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                loss.name().to_uppercase(),
+                qs.len(),
+                auc(|s| s.mean),
+                auc(|s| s.min),
+                auc(|s| s.max),
+                e.mean,
+                e.min,
+                e.max,
+                pool.ece()
+            );
+            pooled.push((loss.name().to_uppercase(), pool));
+        }
+        let groups: Vec<(String, &Calibration)> = pooled.iter().map(|(l, c)| (l.clone(), c)).collect();
+        plots::reliability_diagram(&out.join(file), &format!("Reliability on the {name}, all runs pooled"), &groups)?;
+    }
     Ok(md)
 }

@@ -59,6 +59,10 @@ pub fn run(args: Args) -> Result<()> {
             // a demo model's vocabulary is the dense remap of the ids it saw
             ids = ids.iter().filter_map(|id| config.id_map.binary_search(id).ok().map(|i| i as u32)).collect();
         }
+        if let Some(map) = &config.vocab_map {
+            // a compacted run: ids unseen in its training share row 0
+            ids = ids.iter().map(|&id| map.map(id)).collect();
+        }
         if ids.is_empty() {
             println!("unknown\t-\t{}", text.trim());
             continue;

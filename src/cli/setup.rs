@@ -3,6 +3,7 @@
 
 use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::data::demo::DemoData;
+use crate::data::vocab::VocabMap;
 use crate::data::{self, BatchConfig, BatchPlan, DataSource, Locator, Review, ReviewSet, Truncate, TruncatePolicy};
 use crate::device::{DeviceKind, Gpu};
 use crate::model::gpu::GpuEngine;
@@ -47,6 +48,9 @@ pub struct Hyper {
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub epochs: usize,
+    /// Label smoothing (CE) / target smoothing (BCE); 0 in every preset.
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl Preset {
@@ -75,6 +79,7 @@ impl Preset {
             weight_decay: 0.1,
             grad_clip: 1.0,
             epochs: 10,
+            label_smoothing: 0.0,
         };
         match self {
             Preset::Auto | Preset::Cpu => base,
@@ -158,6 +163,10 @@ pub struct HyperArgs {
     /// Training epochs
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Label smoothing EPS for CE (target (1-EPS) onehot + EPS/2), target smoothing for
+    /// BCE (target (1-EPS) y + EPS/2); in [0, 1). Default 0 (off)
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
 }
 
 impl HyperArgs {
@@ -185,6 +194,7 @@ impl HyperArgs {
         set(&mut h.weight_decay, self.weight_decay);
         set(&mut h.grad_clip, self.grad_clip);
         h.epochs = self.epochs.unwrap_or(h.epochs);
+        set(&mut h.label_smoothing, self.label_smoothing);
         h
     }
 }
@@ -211,6 +221,18 @@ pub struct DataArgs {
     /// Also evaluate the whole test split after the last epoch
     #[arg(long)]
     pub full_test: bool,
+    /// Validate on a movie-disjoint held-out part of the train split of about N reviews
+    /// (whole movies, drawn by --val-seed) instead of the test-split sample; the test
+    /// split is then only measured (--full-test). Default: off
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Give an embedding row only to the token ids seen in the training reviews; all
+    /// others share one row (recorded in the run for eval and predict). Default: off
+    #[arg(long)]
+    pub compact_vocab: bool,
+    /// With --compact-vocab: ids seen fewer than K times in training also share that row
+    #[arg(long, value_name = "K", requires = "compact_vocab", default_value_t = 1)]
+    pub min_count: u32,
 }
 
 /// The validation sample's size when --val-size is not given.
@@ -234,6 +256,19 @@ pub struct LoadedData {
     pub vocab: usize,
     /// Demo corpus only: dense id -> cl100k id (the model's vocabulary is remapped).
     pub id_map: Vec<u32>,
+    /// `--compact-vocab`: the remap applied to every set (after `id_map`); `vocab` is its size.
+    pub vocab_map: Option<VocabMap>,
+}
+
+impl LoadedData {
+    /// Remap the tokens of every set through `map`; the vocabulary becomes its size.
+    pub fn compact(&mut self, map: VocabMap) {
+        let mut sets: Vec<&mut ReviewSet> = vec![&mut self.train, &mut self.val];
+        sets.extend(self.test.as_mut());
+        map.apply(&mut sets);
+        self.vocab = map.size();
+        self.vocab_map = Some(map);
+    }
 }
 
 /// Number of demo reviews for training and validation.
@@ -256,7 +291,11 @@ pub fn is_demo(args: &DataArgs) -> bool {
         || (args.data.is_none() && std::env::var("CUDAENC_DATA").is_ok_and(|v| v == "demo"))
 }
 
-fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
+fn demo_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
+    let val_seed = args.val_seed();
+    if args.holdout.is_some() {
+        bail!("--holdout needs IMDB (it holds out whole movies); the demo corpus has no movies");
+    }
     let demo = DemoData::new(val_seed, DEMO_TRAIN, DEMO_VAL, true)?;
     Ok(LoadedData {
         source: "demo".into(),
@@ -265,6 +304,7 @@ fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
         test: None,
         vocab: demo.vocab,
         id_map: demo.id_map,
+        vocab_map: None,
     })
 }
 
@@ -274,7 +314,7 @@ fn demo_data(val_seed: u64, split_seed: u64) -> Result<LoadedData> {
 pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
     let mut loaded = if is_demo(args) {
         demo_flags_used(args)?;
-        demo_data(args.val_seed(), split_seed)?
+        demo_data(args, split_seed)?
     } else {
         let loc = Locator::from_env()?;
         let named = args.data.is_some() || std::env::var_os("CUDAENC_DATA").is_some_and(|v| !v.is_empty());
@@ -284,7 +324,10 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     bail!("internal: demo source reached the IMDB loader");
                 }
                 let ds = data::load(&source, &data::LoadOptions::cached(&loc.cache_dir))?;
-                let split = data::paper_split(&ds, split_seed, args.val_size(), args.val_seed());
+                let split = match args.holdout {
+                    Some(n) => data::split::holdout_split(&ds, split_seed, n, args.val_seed())?,
+                    None => data::paper_split(&ds, split_seed, args.val_size(), args.val_seed()),
+                };
                 LoadedData {
                     source: source.to_string(),
                     train: split.train,
@@ -292,6 +335,7 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                     test: args.full_test.then_some(split.test),
                     vocab: data::tokenize::VOCAB_SIZE as usize,
                     id_map: Vec::new(),
+                    vocab_map: None,
                 }
             }
             Err(e) if !named => {
@@ -300,7 +344,7 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
                      Give --data PATH or set CUDAENC_DATA to train on IMDB."
                 );
                 demo_flags_used(args)?;
-                demo_data(args.val_seed(), split_seed)?
+                demo_data(args, split_seed)?
             }
             Err(e) => return Err(e),
         }
@@ -321,6 +365,12 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
             if positives == 0 { "negative" } else { "positive" },
             if args.train_subset.is_some() { " (raise --train-subset)" } else { " (check the data's pos/ and neg/ folders)" }
         );
+    }
+    if args.compact_vocab {
+        // counted on the reviews trained on only, so held-out and test ids unseen in
+        // training share the one row, as they would for a new review
+        let map = VocabMap::build(&loaded.train, args.min_count);
+        loaded.compact(map);
     }
     Ok(loaded)
 }
@@ -391,13 +441,23 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
         "--grad-clip must be zero (off) or a positive finite norm, got {}",
         h.grad_clip
     );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&h.label_smoothing),
+        "--label-smoothing must be in [0, 1), got {}",
+        h.label_smoothing
+    );
     Ok(TrainConfig {
         epochs: h.epochs,
         batch_size: h.batch_size,
         lr: h.lr,
         warmup_fraction: h.warmup_fraction,
         min_lr_fraction: h.min_lr_fraction,
-        optim: OptimConfig { weight_decay: h.weight_decay, grad_clip: h.grad_clip, ..OptimConfig::default() },
+        optim: OptimConfig {
+            weight_decay: h.weight_decay,
+            grad_clip: h.grad_clip,
+            label_smoothing: h.label_smoothing,
+            ..OptimConfig::default()
+        },
         seed,
         token_drop: h.token_drop,
     })
@@ -499,11 +559,17 @@ pub struct RunConfig {
     /// --train-subset: the run trained on the first N shuffled training reviews.
     #[serde(default)]
     pub train_subset: Option<usize>,
+    /// `--holdout N`: the validation set was a movie-disjoint part of the train split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<usize>,
     pub truncate: String,
     pub device: String,
     /// Demo corpus only: dense id -> cl100k id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub id_map: Vec<u32>,
+    /// `--compact-vocab`: the token remap of the run (applied after `id_map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_map: Option<VocabMap>,
     pub version: String,
 }
 
@@ -526,9 +592,11 @@ impl RunConfig {
             val_size: loaded.val.len(),
             val_seed: data.val_seed(),
             train_subset: data.train_subset,
+            holdout: data.holdout,
             truncate: data.truncate.to_string(),
             device: device.name(),
             id_map: loaded.id_map.clone(),
+            vocab_map: loaded.vocab_map.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
     }
@@ -546,11 +614,13 @@ impl RunConfig {
         check(a.model.loss == b.model.loss, "--loss");
         check(a.train.seed == b.train.seed, "--seed");
         check(a.model == b.model, "model (--d-model, --layers, --heads, --d-ff, --max-len, --dropout, or the data's vocabulary)");
-        check(a.train == b.train, "optimization (--epochs, --batch-size, --lr, --warmup, --min-lr, --weight-decay, --grad-clip, --token-drop)");
+        check(a.train == b.train, "optimization (--epochs, --batch-size, --lr, --warmup, --min-lr, --weight-decay, --grad-clip, --token-drop, --label-smoothing)");
         check(a.data_source == b.data_source, "--data");
         check(a.val_size == b.val_size, "--val-size");
         check(a.val_seed == b.val_seed, "--val-seed");
         check(a.train_subset == b.train_subset, "--train-subset");
+        check(a.holdout == b.holdout, "--holdout");
+        check(a.vocab_map == b.vocab_map, "--compact-vocab / --min-count");
         check(a.truncate == b.truncate, "--truncate");
         check(a.id_map == b.id_map, "the demo corpus's vocabulary");
         out

@@ -23,6 +23,7 @@ pub mod read;
 pub mod split;
 pub mod stats;
 pub mod tokenize;
+pub mod vocab;
 
 pub use batch::{BatchConfig, BatchPlan};
 pub use dataset::{Dataset, DatasetInfo, Review, ReviewSet};

@@ -162,6 +162,8 @@ pub struct GpuModel {
     pub grads: Buf<f32>,
     pub m: Buf<f32>,
     pub v: Buf<f32>,
+    /// Label smoothing (CE) / target smoothing (BCE) of the loss, in [0, 1); 0: none.
+    pub label_smoothing: f32,
     acts: Option<Acts>,
     cap: Cap,
     b: usize,
@@ -210,6 +212,7 @@ impl GpuModel {
             m: gpu.zeros(layout.total)?,
             v: gpu.zeros(layout.total)?,
             layout,
+            label_smoothing: 0.0,
             acts: None,
             cap: Cap::default(),
             b: 0,
@@ -331,8 +334,8 @@ impl GpuModel {
         matmul_forward(gpu, &logits, &pooled, &self.pv(w, idx::HEAD_W), Some(&self.pv(w, idx::HEAD_B)), b, c, k)?; // (B,K)
         let (losses, probs) = (head(&a.losses, b), head(&a.probs, b * k));
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_forward(gpu, &losses, &probs, &logits, &labels, b, k),
-            Loss::Bce => sigmoid_bce_forward(gpu, &losses, &probs, &logits, &labels, b),
+            Loss::Ce => softmax_ce_forward(gpu, &losses, &probs, &logits, &labels, b, k, self.label_smoothing),
+            Loss::Bce => sigmoid_bce_forward(gpu, &losses, &probs, &logits, &labels, b, self.label_smoothing),
         }
     }
 
@@ -357,8 +360,8 @@ impl GpuModel {
         let x0 = head(&a.x0, nc);
 
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_backward(gpu, &dlogits, &probs, &labels, b, k)?, // (B,K)
-            Loss::Bce => sigmoid_bce_backward(gpu, &dlogits, &probs, &labels, b)?,
+            Loss::Ce => softmax_ce_backward(gpu, &dlogits, &probs, &labels, b, k, self.label_smoothing)?, // (B,K)
+            Loss::Bce => sigmoid_bce_backward(gpu, &dlogits, &probs, &labels, b, self.label_smoothing)?,
         }
         matmul_backward(gpu, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
         meanpool_backward(gpu, &dln, &dpooled, &lens, b, t, c)?; //                  (B,T,C)
@@ -433,7 +436,8 @@ pub struct GpuEngine {
 impl GpuEngine {
     /// A fresh model: parameters from `init_params(cfg, init_seed)`, moments zero.
     pub fn new(gpu: Gpu, cfg: &ModelConfig, optim: &OptimConfig, init_seed: u64, run_seed: u64) -> Result<Self> {
-        let model = GpuModel::new(&gpu, cfg, &init_params(cfg, init_seed))?;
+        let mut model = GpuModel::new(&gpu, cfg, &init_params(cfg, init_seed))?;
+        model.label_smoothing = optim.label_smoothing;
         Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed })
     }
 

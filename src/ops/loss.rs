@@ -9,6 +9,12 @@ use anyhow::{ensure, Result};
 
 const BLOCK: usize = 256;
 
+/// Label / target smoothing must be in [0, 1).
+fn check_smoothing(op: &str, eps: f32) -> Result<()> {
+    ensure!((0.0..1.0).contains(&eps), "{op}: smoothing must be in [0, 1), got {eps}");
+    Ok(())
+}
+
 fn mean_of(gpu: &Gpu, losses: &impl DeviceSlice<f32>, b: usize) -> Result<f32> {
     if b == 0 {
         return Ok(0.0);
@@ -21,8 +27,10 @@ fn mean_of(gpu: &Gpu, losses: &impl DeviceSlice<f32>, b: usize) -> Result<f32> {
     Ok(total / b as f32)
 }
 
-/// losses (B), probs (B, K)  <-  logits (B, K), labels (B) in 0..K. Returns the mean loss.
+/// losses (B), probs (B, K)  <-  logits (B, K), labels (B) in 0..K, label smoothing
+/// `eps` in [0, 1) (target (1 - eps) onehot + eps / K). Returns the mean loss.
 /// A label >= K gives a NaN loss (the reference panics).
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, in its order
 pub fn softmax_ce_forward(
     gpu: &Gpu,
     losses: &impl DeviceSlice<f32>,
@@ -31,19 +39,22 @@ pub fn softmax_ce_forward(
     labels: &impl DeviceSlice<u8>,
     b: usize,
     k: usize,
+    eps: f32,
 ) -> Result<f32> {
+    check_smoothing("softmax_ce_forward", eps)?;
     ensure!(logits.len() == b * k && probs.len() == b * k, "softmax_ce_forward: logits/probs must be B*K = {}", b * k);
     ensure!(losses.len() == b && labels.len() == b, "softmax_ce_forward: losses/labels must have B = {b} entries");
     ensure!(k >= 1, "softmax_ce_forward: K must be >= 1");
     if b == 0 {
         return Ok(0.0);
     }
-    let args: [Arg; 6] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into()];
+    let args: [Arg; 7] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into(), eps.into()];
     gpu.launch("softmax_ce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)?;
     mean_of(gpu, losses, b)
 }
 
-/// dlogits (B, K) =  <-  probs (B, K), labels (B): gradient of the mean loss.
+/// dlogits (B, K) =  <-  probs (B, K), labels (B), label smoothing `eps`: gradient of the
+/// mean loss, (probs - target) / B.
 pub fn softmax_ce_backward(
     gpu: &Gpu,
     dlogits: &impl DeviceSlice<f32>,
@@ -51,17 +62,20 @@ pub fn softmax_ce_backward(
     labels: &impl DeviceSlice<u8>,
     b: usize,
     k: usize,
+    eps: f32,
 ) -> Result<()> {
+    check_smoothing("softmax_ce_backward", eps)?;
     ensure!(dlogits.len() == b * k && probs.len() == b * k, "softmax_ce_backward: dlogits/probs must be B*K = {}", b * k);
     ensure!(labels.len() == b, "softmax_ce_backward: labels must have B = {b} entries");
     if b == 0 {
         return Ok(());
     }
-    let args: [Arg; 5] = [dlogits.arg(), probs.arg(), labels.arg(), b.into(), k.into()];
+    let args: [Arg; 6] = [dlogits.arg(), probs.arg(), labels.arg(), b.into(), k.into(), eps.into()];
     gpu.launch("softmax_ce_backward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)
 }
 
-/// losses (B), probs (B) = sigmoid(z)  <-  logits (B), labels (B) in {0,1}. Returns the mean.
+/// losses (B), probs (B) = sigmoid(z)  <-  logits (B), labels (B) in {0,1}, target
+/// smoothing `eps` in [0, 1) (target (1 - eps) y + eps / 2). Returns the mean.
 pub fn sigmoid_bce_forward(
     gpu: &Gpu,
     losses: &impl DeviceSlice<f32>,
@@ -69,7 +83,9 @@ pub fn sigmoid_bce_forward(
     logits: &impl DeviceSlice<f32>,
     labels: &impl DeviceSlice<u8>,
     b: usize,
+    eps: f32,
 ) -> Result<f32> {
+    check_smoothing("sigmoid_bce_forward", eps)?;
     ensure!(
         logits.len() == b && probs.len() == b && losses.len() == b && labels.len() == b,
         "sigmoid_bce_forward: losses/probs/logits/labels must have B = {b} entries"
@@ -77,19 +93,22 @@ pub fn sigmoid_bce_forward(
     if b == 0 {
         return Ok(0.0);
     }
-    let args: [Arg; 5] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into()];
+    let args: [Arg; 6] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), eps.into()];
     gpu.launch("sigmoid_bce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)?;
     mean_of(gpu, losses, b)
 }
 
-/// dlogits (B) =  <-  probs (B), labels (B): gradient of the mean loss.
+/// dlogits (B) =  <-  probs (B), labels (B), target smoothing `eps`: gradient of the mean
+/// loss, (probs - target) / B.
 pub fn sigmoid_bce_backward(
     gpu: &Gpu,
     dlogits: &impl DeviceSlice<f32>,
     probs: &impl DeviceSlice<f32>,
     labels: &impl DeviceSlice<u8>,
     b: usize,
+    eps: f32,
 ) -> Result<()> {
+    check_smoothing("sigmoid_bce_backward", eps)?;
     ensure!(
         dlogits.len() == b && probs.len() == b && labels.len() == b,
         "sigmoid_bce_backward: dlogits/probs/labels must have B = {b} entries"
@@ -97,7 +116,7 @@ pub fn sigmoid_bce_backward(
     if b == 0 {
         return Ok(());
     }
-    let args: [Arg; 4] = [dlogits.arg(), probs.arg(), labels.arg(), b.into()];
+    let args: [Arg; 5] = [dlogits.arg(), probs.arg(), labels.arg(), b.into(), eps.into()];
     gpu.launch("sigmoid_bce_backward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)
 }
 

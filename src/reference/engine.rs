@@ -37,6 +37,8 @@ impl CpuEngine {
         cfg.validate()?;
         let params = init_params(cfg, init_seed);
         let n = params.len();
+        let mut model = Model::new(cfg);
+        model.label_smoothing = optim.label_smoothing as f64;
         Ok(CpuEngine {
             cfg: cfg.clone(),
             optim: optim.clone(),
@@ -44,7 +46,7 @@ impl CpuEngine {
             params,
             m: vec![0.0; n],
             v: vec![0.0; n],
-            model: Model::new(cfg),
+            model,
         })
     }
 

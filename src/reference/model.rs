@@ -90,6 +90,8 @@ pub struct Model<T: Float> {
     pub layout: ParamLayout,
     /// Gradients in the parameter layout (accumulated by `backward`).
     pub grads: Vec<T>,
+    /// Label smoothing (CE) / target smoothing (BCE) of the loss, in [0, 1); 0: none.
+    pub label_smoothing: f64,
     acts: Acts<T>,
     b: usize,
     t: usize,
@@ -117,6 +119,7 @@ impl<T: Float> Model<T> {
             cfg: cfg.clone(),
             grads: vec![T::zero(); layout.total],
             layout,
+            label_smoothing: 0.0,
             acts: Acts::default(),
             b: 0,
             t: 0,
@@ -229,8 +232,8 @@ impl<T: Float> Model<T> {
         meanpool_forward(&mut a.pooled, &a.lnf, &batch.lens, b, t, c); //     (B,C)
         matmul_forward(&mut a.logits, &a.pooled, head_w, Some(head_b), b, c, k); // (B,K)
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_forward(&mut a.losses, &mut a.probs, &a.logits, &batch.labels, b, k),
-            Loss::Bce => sigmoid_bce_forward(&mut a.losses, &mut a.probs, &a.logits, &batch.labels, b),
+            Loss::Ce => softmax_ce_forward(&mut a.losses, &mut a.probs, &a.logits, &batch.labels, b, k, self.label_smoothing),
+            Loss::Bce => sigmoid_bce_forward(&mut a.losses, &mut a.probs, &a.logits, &batch.labels, b, self.label_smoothing),
         }
     }
 
@@ -252,8 +255,8 @@ impl<T: Float> Model<T> {
         let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
 
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_backward(&mut a.dlogits, &a.probs, &batch.labels, b, k), // (B,K)
-            Loss::Bce => sigmoid_bce_backward(&mut a.dlogits, &a.probs, &batch.labels, b),
+            Loss::Ce => softmax_ce_backward(&mut a.dlogits, &a.probs, &batch.labels, b, k, self.label_smoothing), // (B,K)
+            Loss::Bce => sigmoid_bce_backward(&mut a.dlogits, &a.probs, &batch.labels, b, self.label_smoothing),
         }
         matmul_backward(&mut a.dpooled, d_head_w, Some(d_head_b), &a.dlogits, &a.pooled, head_w, b, c, k); // (B,C)
         meanpool_backward(&mut a.dln, &a.dpooled, &batch.lens, b, t, c); //    (B,T,C)

@@ -1,5 +1,6 @@
 //! What one epoch of one run measured; written as one JSON line per epoch.
 
+use super::stats::ProbQuality;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,12 @@ pub struct EpochMetrics {
     pub tokens_per_second: f64,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
+    /// Last epoch only: ROC-AUC and calibration of the validation probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_quality: Option<ProbQuality>,
+    /// Last epoch only, when the whole test split was evaluated: the same on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_quality: Option<ProbQuality>,
 }
 
 /// The epochs of one run, with the settings that tell the runs apart.
@@ -67,6 +74,8 @@ mod tests {
                 train_seconds: x(&mut rng),
                 tokens_per_second: x(&mut rng),
                 lr: f32::from_bits(rng.below(0x3f80_0000) as u32) as f64,
+                val_quality: None,
+                test_quality: None,
             };
             let line = serde_json::to_string(&m).unwrap();
             let back: EpochMetrics = serde_json::from_str(&line).unwrap();

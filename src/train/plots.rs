@@ -2,6 +2,7 @@
 //! per loss, and training/validation accuracy per epoch for the best run of each loss.
 
 use super::metrics::RunRecord;
+use super::stats::Calibration;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -105,6 +106,51 @@ pub fn accuracy_curves(path: &Path, title: &str, runs: &[(String, &RunRecord)]) 
     root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Reliability diagram: for each group (label, its calibration, e.g. all runs of one loss
+/// pooled), the fraction of positive reviews against the mean predicted probability of
+/// each non-empty bin (dots joined by a line), and the diagonal of
+/// perfect calibration. The legend gives each group's ECE.
+pub fn reliability_diagram(path: &Path, title: &str, groups: &[(String, &Calibration)]) -> Result<()> {
+    let root = SVGBackend::new(path, (640, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f32..1f32, 0f32..1f32)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("mean predicted probability of positive (per bin)")
+        .y_desc("fraction of positive reviews")
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new([(0f32, 0f32), (1f32, 1f32)], BLACK.mix(0.4)))
+        .map_err(plot_err)?
+        .label("perfect calibration")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    for (i, (label, cal)) in groups.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f32, f32)> = cal.points().iter().map(|&(_, p, f, _)| (p as f32, f as f32)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(format!("{label} (ECE {:.3})", cal.ece()))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +171,8 @@ mod tests {
                 train_seconds: 1.0,
                 tokens_per_second: 1e5,
                 lr: 1e-3,
+                val_quality: None,
+                test_quality: None,
             })
             .collect();
         RunRecord { loss: Loss::Bce, seed: 1, epochs }
@@ -143,5 +191,11 @@ mod tests {
         let svg = std::fs::read_to_string(&curves).unwrap();
         assert!(svg.contains("BCE validation") && svg.contains("CE train"));
         assert_eq!(a.best().unwrap().epoch, 3);
+        let rel = dir.path().join("reliability.svg");
+        let cal = Calibration::of(&[0.1, 0.2, 0.8, 0.9], &[0, 1, 1, 1], 15);
+        reliability_diagram(&rel, "calibration", &[("BCE".into(), &cal)]).unwrap();
+        let svg = std::fs::read_to_string(&rel).unwrap();
+        assert!(svg.contains(&format!("BCE (ECE {:.3})", cal.ece())) && svg.contains("perfect calibration"), "reliability content");
+        assert_eq!(svg.matches("<circle").count(), 4, "one dot per non-empty bin");
     }
 }

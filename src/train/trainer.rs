@@ -10,6 +10,7 @@ use super::checkpoint::{self, Checkpoint, TensorSlot};
 use super::engine::Engine;
 use super::metrics::{EpochMetrics, RunRecord};
 use super::schedule::Schedule;
+use super::stats::ProbQuality;
 use crate::config::{Loss, OptimConfig};
 use crate::model::Batch;
 use crate::reference::engine::predicted_label;
@@ -53,19 +54,34 @@ pub struct RunData {
 /// Loss and accuracy (percent) of a model on a set of batches, without dropout. A
 /// probability that is NaN or outside [0, 1] is an error, never a number in the result.
 pub fn evaluate(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(f64, f64)> {
-    let (mut loss, mut correct, mut n) = (0.0f64, 0usize, 0usize);
+    let (probs, labels) = predictions(engine, batches)?;
+    loss_and_accuracy(&probs, &labels)
+}
+
+/// The probability of the positive class of every review of `batches`, without
+/// dropout, with the reviews' labels, in batch order.
+pub fn predictions(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(Vec<f32>, Vec<u8>)> {
+    let (mut probs, mut labels) = (Vec::new(), Vec::new());
     for batch in batches {
-        let probs = engine.predict(batch)?;
-        if let Some(p) = probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
-            bail!("the model gives probability {p} (not in [0, 1]): its weights have diverged or are broken");
-        }
-        for (&p, &y) in probs.iter().zip(&batch.labels) {
-            let p_label = if y == 1 { p as f64 } else { 1.0 - p as f64 };
-            loss -= p_label.max(1e-12).ln();
-            correct += usize::from(predicted_label(p) == y);
-            n += 1;
-        }
+        probs.extend(engine.predict(batch)?);
+        labels.extend_from_slice(&batch.labels);
     }
+    Ok((probs, labels))
+}
+
+/// Mean negative log-likelihood and accuracy (percent) of probabilities of the positive class.
+/// A probability that is NaN or outside [0, 1] is an error, never a number in the result.
+pub fn loss_and_accuracy(probs: &[f32], labels: &[u8]) -> Result<(f64, f64)> {
+    if let Some(p) = probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+        bail!("the model gives probability {p} (not in [0, 1]): its weights have diverged or are broken");
+    }
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for (&p, &y) in probs.iter().zip(labels) {
+        let p_label = if y == 1 { p as f64 } else { 1.0 - p as f64 };
+        loss -= p_label.max(1e-12).ln();
+        correct += usize::from(predicted_label(p) == y);
+    }
+    let n = probs.len();
     if n == 0 {
         bail!("evaluation set is empty");
     }
@@ -347,10 +363,16 @@ pub fn train_run(
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (val_loss, val_acc) = evaluate(engine, &data.val).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
-        let test_acc = match (&data.test, epoch == cfg.epochs) {
-            (Some(test), true) => Some(evaluate(engine, test).with_context(|| format!("test split after epoch {epoch}{}", kept()))?.1),
-            _ => None,
+        let last = epoch == cfg.epochs;
+        let (val_probs, val_labels) = predictions(engine, &data.val).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
+        let (val_loss, val_acc) = loss_and_accuracy(&val_probs, &val_labels).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
+        let val_quality = last.then(|| ProbQuality::of(&val_probs, &val_labels));
+        let (test_acc, test_quality) = match (&data.test, last) {
+            (Some(test), true) => {
+                let (p, y) = predictions(engine, test).with_context(|| format!("test split after epoch {epoch}{}", kept()))?;
+                (Some(loss_and_accuracy(&p, &y).with_context(|| format!("test split after epoch {epoch}{}", kept()))?.1), Some(ProbQuality::of(&p, &y)))
+            }
+            _ => (None, None),
         };
         let m = EpochMetrics {
             epoch,
@@ -362,6 +384,8 @@ pub fn train_run(
             train_seconds,
             tokens_per_second: tokens as f64 / train_seconds.max(1e-9),
             lr: lr as f64,
+            val_quality,
+            test_quality,
         };
         eprintln!(
             "{} epoch {epoch}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{} | {:.1}s, {:.0} tok/s",
