@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod reference;

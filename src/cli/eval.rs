@@ -2,13 +2,12 @@
 
 use super::setup::{self, DataArgs, Device, RunConfig};
 use super::train::tensor_slots;
-use crate::data::{BatchConfig, BatchPlan, ReviewSet, Truncate};
+use crate::data::{ReviewSet, Truncate};
 use crate::device::DeviceKind;
+use crate::infer;
 use crate::model::params::ParamLayout;
-use crate::model::Batch;
 use crate::train::checkpoint;
 use crate::train::engine::Engine;
-use crate::train::trainer::evaluate;
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -68,9 +67,9 @@ pub fn run(args: Args) -> Result<()> {
         Split::Train => &loaded.train,
     };
     let policy = config.truncate.parse().map_err(anyhow::Error::msg)?;
-    let cfg = BatchConfig::new(config.train.batch_size, Truncate::new(config.model.max_len, policy));
-    let batches: Vec<Batch> = BatchPlan::eval(set, &cfg).iter(set).collect();
-    let (loss, acc) = evaluate(engine.as_mut(), &batches)?;
+    let cfg = infer::batch_config(config.train.batch_size, None, Truncate::new(config.model.max_len, policy));
+    let probs = infer::predict_set(engine.as_mut(), set, &cfg)?;
+    let (loss, acc) = infer::loss_and_accuracy(&probs, &set.labels())?;
     println!(
         "{:?} split of {}: {} reviews, accuracy {acc:.2}%, loss {loss:.4} ({} on {})",
         args.split,
