@@ -11,4 +11,5 @@ pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod rng;
+pub mod serve;
 pub mod train;

@@ -51,16 +51,18 @@ pub fn run(args: Args) -> Result<()> {
         if text.trim().is_empty() {
             continue;
         }
+        // one output line per text: the newlines of `<br />` tags shown as spaces
+        let text = text.trim().replace('\n', " ");
         if prep.ids.is_empty() {
-            println!("unknown\t-\t{}", text.trim());
+            println!("unknown\t-\t{text}");
             continue;
         }
         let p = probs.next().context("internal: fewer probabilities than texts")?;
         if !p.is_finite() {
-            bail!("the model's probability for \"{}\" is not a number ({p}): is the checkpoint damaged?", text.trim());
+            bail!("the model's probability for \"{text}\" is not a number ({p}): is the checkpoint damaged?");
         }
         let label = if crate::reference::engine::predicted_label(p) == 1 { "positive" } else { "negative" };
-        println!("{label}\t{p:.4}\t{}", text.trim());
+        println!("{label}\t{p:.4}\t{text}");
         shown += 1;
     }
     if shown == 0 && lines.iter().all(|l| clean_text(l).0.trim().is_empty()) {
