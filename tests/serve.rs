@@ -373,9 +373,11 @@ fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
         }
         // a request of all 64 texts in flight at the signal
         let big = s.spawn(|| classify(&agent(), &server, &refs));
+        // wait until the 8 clients and the big request are all admitted
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(&get(&server, "/metrics").1, "cudaenc_queue_depth") < 2.0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        while metric(&get(&server, "/metrics").1, "cudaenc_queue_depth") < 9.0 {
+            assert!(Instant::now() < deadline, "the 9 requests were never in flight together");
+            std::thread::sleep(Duration::from_millis(5));
         }
         let killed = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
         assert!(killed.success());
