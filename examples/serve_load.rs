@@ -8,7 +8,7 @@
 //!     [--concurrency 1,16,64] [--device cpu] [--soak-seconds 0]
 //!
 //! It starts `target/release/cudaenc serve` (or `--bin`) on 127.0.0.1 with a free port,
-//! twice: batching on (default limits) and off (`--max-batch-tokens 1 --batch-wait-ms 0`:
+//! twice: batching on (`--max-batch-tokens`, `--batch-wait-ms`, default as the server's) and off (`--max-batch-tokens 1 --batch-wait-ms 0`:
 //! every review alone). Every answer is checked against the offline probability (1e-5).
 //! `--soak-seconds S`: afterwards S seconds at the highest concurrency with batching on,
 //! the server's resident memory sampled every 10 s.
@@ -48,6 +48,15 @@ struct Args {
     bin: PathBuf,
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
+    /// The server's --max-batch-tokens with batching on
+    #[arg(long, default_value_t = 4096)]
+    max_batch_tokens: usize,
+    /// The server's --batch-wait-ms with batching on
+    #[arg(long, default_value_t = 2.0)]
+    batch_wait_ms: f64,
+    /// Skip the batching-off server
+    #[arg(long)]
+    only_on: bool,
 }
 
 struct Server {
@@ -200,7 +209,10 @@ fn main() -> Result<()> {
     drop(engine);
 
     println!("\n| batching | concurrency | reviews/s | p50 ms | p95 ms | p99 ms |\n|---|---|---|---|---|---|");
-    for (name, extra) in [("on", &[][..]), ("off", &["--max-batch-tokens", "1", "--batch-wait-ms", "0"][..])] {
+    let on = ["--max-batch-tokens".to_string(), args.max_batch_tokens.to_string(), "--batch-wait-ms".into(), args.batch_wait_ms.to_string()];
+    let on: Vec<&str> = on.iter().map(String::as_str).collect();
+    let modes = [("on", &on[..]), ("off", &["--max-batch-tokens", "1", "--batch-wait-ms", "0"][..])];
+    for (name, extra) in &modes[..if args.only_on { 1 } else { 2 }] {
         let server = Server::start(&args, extra)?;
         load(&server, &texts[..texts.len().min(64)], &want, 8, None)?; // warm-up
         for &c in &args.concurrency {
@@ -214,7 +226,7 @@ fn main() -> Result<()> {
 
     if args.soak_seconds > 0 {
         let c = args.concurrency.iter().copied().max().unwrap_or(64);
-        let server = Server::start(&args, &[])?;
+        let server = Server::start(&args, &on)?;
         println!("\nsoak: {} s at concurrency {c}, batching on; server memory (VmRSS)", args.soak_seconds);
         let end = Instant::now() + Duration::from_secs(args.soak_seconds);
         std::thread::scope(|s| -> Result<()> {

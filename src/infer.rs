@@ -113,6 +113,38 @@ pub fn predict_set_observed(
     Ok(probs)
 }
 
+/// Length bucket of a review of `len` tokens: floor(2 log2 len). Reviews of different
+/// buckets (lengths apart by more than a factor of about 1.41) never share a batch in
+/// [`predict_bucketed`].
+pub fn length_bucket(len: usize) -> u32 {
+    (2.0 * (len.max(1) as f64).log2()).floor() as u32
+}
+
+/// Probabilities for token lists (already truncated, each non-empty), in order: the
+/// reviews are grouped by [`length_bucket`] and each group runs through
+/// [`predict_set_observed`], so a batch of a few reviews of very different lengths does
+/// not pad the short ones to the longest (the dynamic batches of `cudaenc serve`).
+pub fn predict_bucketed(
+    engine: &mut dyn Engine,
+    reviews: &[&[u32]],
+    cfg: &BatchConfig,
+    mut observe: impl FnMut(&Batch),
+) -> Result<Vec<f32>> {
+    let mut buckets: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, r) in reviews.iter().enumerate() {
+        buckets.entry(length_bucket(cfg.truncate.len(r.len()))).or_default().push(i);
+    }
+    let mut probs = vec![f32::NAN; reviews.len()];
+    for idx in buckets.values() {
+        let set = review_set(&idx.iter().map(|&i| reviews[i]).collect::<Vec<_>>());
+        let p = predict_set_observed(engine, &set, cfg, &mut observe)?;
+        for (&i, p) in idx.iter().zip(p) {
+            probs[i] = p;
+        }
+    }
+    Ok(probs)
+}
+
 /// Mean cross-entropy (natural log) and accuracy in percent of probabilities against labels.
 /// Non-finite probabilities are an error, never a number.
 pub fn loss_and_accuracy(probs: &[f32], labels: &[u8]) -> Result<(f64, f64)> {

@@ -38,6 +38,20 @@ fn batched_probabilities_equal_single_review_ones() {
                 assert!((b - s).abs() <= 1e-6, "{loss:?} batch {max_batch}/{max_tokens:?} review {i}: batched {b} single {s}");
             }
         }
+        // serve's path: length buckets first, on already-truncated reviews
+        let truncated: Vec<Vec<u32>> = texts.iter().map(|t| truncate.to_vec(t)).collect();
+        let refs: Vec<&[u32]> = truncated.iter().map(Vec::as_slice).collect();
+        let mut shapes = Vec::new();
+        let cfg_b = infer::batch_config(512, Some(512), Truncate::none());
+        let bucketed = infer::predict_bucketed(&mut engine, &refs, &cfg_b, |b| shapes.push(b.lens.clone())).unwrap();
+        for (i, (b, s)) in bucketed.iter().zip(&single).enumerate() {
+            assert!((b - s).abs() <= 1e-6, "{loss:?} bucketed review {i}: batched {b} single {s}");
+        }
+        for lens in &shapes {
+            let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+            assert_eq!(infer::length_bucket(*lo as usize), infer::length_bucket(*hi as usize), "{lens:?}");
+        }
+        assert!(shapes.len() > 1 && shapes.len() < texts.len());
     }
 }
 

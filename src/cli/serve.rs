@@ -18,7 +18,7 @@ pub struct Args {
     pub addr: String,
     /// Most padded token positions (reviews x longest review) per batch on the model;
     /// 1 turns batching off (every review alone)
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 4096)]
     pub max_batch_tokens: usize,
     /// Milliseconds a request waits for others to share its batch
     #[arg(long, default_value_t = 2.0)]

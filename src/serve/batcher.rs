@@ -1,8 +1,8 @@
 //! The engine thread: the only thread that touches the device. It loads the model, then
 //! takes jobs (the tokenized texts of one request) from a channel, gathers the jobs that
 //! arrive within the wait window (or until the token budget is full), runs them together
-//! through [`infer::predict_set_observed`] (length-sorted batches under the token budget)
-//! and hands each job exactly its own probabilities.
+//! through [`infer::predict_bucketed`] (length buckets, then length-sorted batches under
+//! the token budget) and hands each job exactly its own probabilities.
 
 use super::metrics::Metrics;
 use crate::cli::eval::load_run;
@@ -70,8 +70,7 @@ pub fn engine_thread(
             }
         }
         let all: Vec<&[u32]> = round.iter().flat_map(|j| j.reviews.iter().map(Vec::as_slice)).collect();
-        let set = infer::review_set(&all);
-        let result = infer::predict_set_observed(engine.as_mut(), &set, &cfg, |b| {
+        let result = infer::predict_bucketed(engine.as_mut(), &all, &cfg, |b| {
             metrics.batch(b.batch_size, b.batch_size * b.seq_len)
         });
         match result {
