@@ -342,53 +342,70 @@ fn overload_answers_429_loses_nothing_and_recovers() {
 
 #[test]
 fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
-    // every round waits 300 ms for company, so requests are surely in flight at the signal
-    let mut server = Server::start(&["--batch-wait-ms", "300"]);
+    use std::io::{Read, Write};
+    let mut server = Server::start(&[]);
     let texts = distinct_texts(64);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let want = expected(&refs);
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        for c in 0..8 {
-            let (server, want, refs, done_tx) = (&server, &want, &refs, done_tx.clone());
-            s.spawn(move || {
-                let a = agent();
-                let (mut answered, mut refused) = (0, 0);
-                for k in 0..50 {
-                    let i = (c * 8 + k) % refs.len();
-                    match classify(&a, server, &refs[i..=i]) {
-                        Ok((status, answer)) => {
-                            assert_eq!(status, 200, "{answer}");
-                            check_results(&answer, &want[i..=i], "under load");
-                            answered += 1;
-                        }
-                        Err(_) => {
-                            refused += 1; // the listener is closed: no answer, nothing wrong
-                            break;
+    // a request in flight at the signal: headers and half of the body now, the rest after it
+    let body = json!({ "texts": refs }).to_string();
+    let mut raw = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    raw.write_all(head.as_bytes()).unwrap();
+    raw.write_all(&body.as_bytes()[..body.len() / 2]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&get(&server, "/metrics").1, "cudaenc_queue_depth") < 1.0 {
+        assert!(Instant::now() < deadline, "the partial request was never admitted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let clients: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|c| {
+                let (server, want, refs, answered) = (&server, &want, &refs, &answered);
+                s.spawn(move || {
+                    let a = agent();
+                    let (mut ok, mut refused) = (0, 0);
+                    for k in 0..200 {
+                        let i = (c * 8 + k) % refs.len();
+                        match classify(&a, server, &refs[i..=i]) {
+                            Ok((status, answer)) => {
+                                assert_eq!(status, 200, "{answer}");
+                                check_results(&answer, &want[i..=i], "under load");
+                                ok += 1;
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                refused += 1; // the listener is closed: no answer, nothing wrong
+                                break;
+                            }
                         }
                     }
-                }
-                done_tx.send((answered, refused)).unwrap();
-            });
-        }
-        // a request of all 64 texts in flight at the signal
-        let big = s.spawn(|| classify(&agent(), &server, &refs));
-        // wait until the 8 clients and the big request are all admitted
+                    (ok, refused)
+                })
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(&get(&server, "/metrics").1, "cudaenc_queue_depth") < 9.0 {
-            assert!(Instant::now() < deadline, "the 9 requests were never in flight together");
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < 16 {
+            assert!(Instant::now() < deadline, "the load clients got no answers");
             std::thread::sleep(Duration::from_millis(5));
         }
         let killed = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
         assert!(killed.success());
-        let (status, answer) = big.join().unwrap().expect("the request in flight at the signal got no answer");
-        assert_eq!(status, 200, "{answer}");
-        check_results(&answer, &want, "in flight at the signal");
+        std::thread::sleep(Duration::from_millis(300));
+        raw.write_all(&body.as_bytes()[body.len() / 2..]).unwrap();
+        let mut response = String::new();
+        raw.read_to_string(&mut response).expect("the request in flight at the signal got no answer");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let json_body = &response[response.find("\r\n\r\n").expect("no body") + 4..];
+        check_results(&serde_json::from_str(json_body).unwrap(), &want, "in flight at the signal");
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    drop(done_tx);
-    let clients: Vec<(i32, i32)> = done_rx.iter().collect();
-    assert_eq!(clients.len(), 8);
-    assert!(clients.iter().map(|c| c.0).sum::<i32>() >= 1, "{clients:?}");
+    assert!(clients.iter().map(|c| c.0).sum::<usize>() >= 16, "{clients:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = server.child.try_wait().unwrap() {

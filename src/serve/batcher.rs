@@ -12,6 +12,7 @@ use crate::device::DeviceKind;
 use crate::infer;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -27,7 +28,8 @@ pub struct BatchLimits {
     /// Most padded positions (B x T) per batch, and the tokens gathered before a round
     /// starts without waiting out the window.
     pub max_batch_tokens: usize,
-    /// How long the first job of a round waits for others.
+    /// How long the first job of a round waits for others (only while more requests are
+    /// admitted than the round holds).
     pub wait: Duration,
 }
 
@@ -59,7 +61,10 @@ pub fn engine_thread(
         let mut round = vec![first];
         let deadline = Instant::now() + limits.wait;
         while tokens < limits.max_batch_tokens {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // wait only for requests already admitted (being read or tokenized): with none,
+            // a lone request runs at once instead of waiting out the window
+            let others = metrics.in_flight.load(Ordering::Acquire) > round.len();
+            let left = if others { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
             let next = if left.is_zero() { jobs.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { jobs.recv_timeout(left) };
             match next {
                 Ok(job) => {
