@@ -20,6 +20,8 @@ enum Cmd {
     Eval(cli::eval::Args),
     /// Label and probability for texts (arguments, --file or standard input)
     Predict(cli::predict::Args),
+    /// Classify texts over HTTP: JSON API, dynamic batching, Prometheus metrics
+    Serve(cli::serve::Args),
     /// Show the build's nvcc and PTX arch, the CUDA driver and GPU, and the emulator
     Info(cli::info::Args),
     /// Statistics of a data source: counts, token lengths, reviews per movie, padding
@@ -53,6 +55,7 @@ fn main() {
         Cmd::Experiment(a) => cli::experiment::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Predict(a) => cli::predict::run(a),
+        Cmd::Serve(a) => cli::serve::run(a),
         Cmd::Info(a) => cli::info::run(a),
         Cmd::Data(a) => cli::data::run(a),
         Cmd::Bench(a) => cli::bench::run(a),

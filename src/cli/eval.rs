@@ -2,14 +2,14 @@
 
 use super::setup::{self, DataArgs, Device, RunConfig};
 use super::train::tensor_slots;
-use crate::data::{BatchConfig, BatchPlan, ReviewSet, Truncate};
+use crate::data::{ReviewSet, Truncate};
 use crate::device::DeviceKind;
+use crate::infer;
 use crate::model::params::ParamLayout;
-use crate::model::Batch;
 use crate::train::checkpoint;
 use crate::train::engine::Engine;
 use crate::train::stats::ProbQuality;
-use crate::train::trainer::{loss_and_accuracy, predictions};
+use crate::train::trainer::loss_and_accuracy;
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -127,9 +127,9 @@ pub fn measure(args: &Args) -> Result<Measured> {
         Split::Train => &loaded.train,
     };
     let policy = config.truncate.parse().map_err(anyhow::Error::msg)?;
-    let cfg = BatchConfig::new(config.train.batch_size, Truncate::new(config.model.max_len, policy));
-    let batches: Vec<Batch> = BatchPlan::eval(set, &cfg).iter(set).collect();
-    let (probs, labels) = predictions(engine.as_mut(), &batches)?;
+    let cfg = infer::batch_config(config.train.batch_size, None, Truncate::new(config.model.max_len, policy));
+    let probs = infer::predict_set(engine.as_mut(), set, &cfg)?;
+    let labels = set.labels();
     let (loss, acc) = loss_and_accuracy(&probs, &labels)?;
     Ok(Measured {
         source: loaded.source.clone(),

@@ -7,5 +7,6 @@ pub mod eval;
 pub mod experiment;
 pub mod info;
 pub mod predict;
+pub mod serve;
 pub mod setup;
 pub mod train;

@@ -4,10 +4,8 @@
 use super::eval::load_run;
 use super::setup::Device;
 use crate::data::read::clean_text;
-use crate::data::tokenize;
-use crate::data::Truncate;
 use crate::device::DeviceKind;
-use crate::model::Batch;
+use crate::infer::{self, TextPolicy};
 use anyhow::{bail, Context, Result};
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -45,40 +43,34 @@ pub fn run(args: Args) -> Result<()> {
         };
         reader.split(b'\n').collect::<std::io::Result<_>>().context("reading texts")?
     };
-    let policy = config.truncate.parse().map_err(anyhow::Error::msg)?;
-    let truncate = Truncate::new(config.model.max_len, policy);
+    // the cleaning, tokenizer and truncation of training, then length-sorted batches
+    let policy = TextPolicy::of_run(&config)?;
+    let prepared = policy.prepare_all(&lines);
+    let known: Vec<&[u32]> = prepared.iter().filter(|p| !p.ids.is_empty()).map(|p| p.ids.as_slice()).collect();
+    let set = infer::review_set(&known);
+    let cfg = infer::batch_config(config.train.batch_size, None, policy.truncate);
+    let mut probs = infer::predict_set(engine.as_mut(), &set, &cfg)?.into_iter();
     let mut shown = 0;
-    for line in &lines {
-        // the same cleaning as training: invalid UTF-8 replaced, <br /> -> newline
+    for (line, prep) in lines.iter().zip(&prepared) {
         let (text, _, _) = clean_text(line);
         if text.trim().is_empty() {
             continue;
         }
-        let mut ids = tokenize::encode(&text);
-        if !config.id_map.is_empty() {
-            // a demo model's vocabulary is the dense remap of the ids it saw
-            ids = ids.iter().filter_map(|id| config.id_map.binary_search(id).ok().map(|i| i as u32)).collect();
-        }
-        if let Some(map) = &config.vocab_map {
-            // a compacted run: ids unseen in its training share row 0
-            ids = ids.iter().map(|&id| map.map(id)).collect();
-        }
-        if ids.is_empty() {
-            println!("unknown\t-\t{}", text.trim());
+        // one output line per text: the newlines of `<br />` tags shown as spaces
+        let text = text.trim().replace('\n', " ");
+        if prep.ids.is_empty() {
+            println!("unknown\t-\t{text}");
             continue;
         }
-        let ids = truncate.to_vec(&ids);
-        let batch = Batch::from_reviews(&[&ids], &[0]);
-        let p = engine.predict(&batch)?[0];
+        let p = probs.next().context("internal: fewer probabilities than texts")?;
         if !p.is_finite() {
             bail!(
-                "the model of {} gives probability {p} for \"{}\": its checkpoint is broken (NaN weights?); retrain it",
-                args.run.display(),
-                text.trim()
+                "the model of {} gives probability {p} for \"{text}\": its checkpoint is broken (NaN weights?); retrain it",
+                args.run.display()
             );
         }
         let label = if crate::reference::engine::predicted_label(p) == 1 { "positive" } else { "negative" };
-        println!("{label}\t{p:.4}\t{}", text.trim());
+        println!("{label}\t{p:.4}\t{text}");
         shown += 1;
     }
     if shown == 0 && lines.iter().all(|l| clean_text(l).0.trim().is_empty()) {

@@ -72,6 +72,7 @@ pub fn predictions(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(Vec<f3
 /// Mean negative log-likelihood and accuracy (percent) of probabilities of the positive class.
 /// A probability that is NaN or outside [0, 1] is an error, never a number in the result.
 pub fn loss_and_accuracy(probs: &[f32], labels: &[u8]) -> Result<(f64, f64)> {
+    anyhow::ensure!(probs.len() == labels.len(), "internal: {} probabilities for {} labels", probs.len(), labels.len());
     if let Some(p) = probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
         bail!("the model gives probability {p} (not in [0, 1]): its weights have diverged or are broken");
     }
