@@ -18,6 +18,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// How long a classify request may take to send its body (it holds an admission slot).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the handlers share.
 pub struct AppState {
     /// To the engine thread; taken (closed) at shutdown.
@@ -113,9 +116,13 @@ async fn classify(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return r;
     }
     let _admitted = Admitted(metrics);
-    let body = match read_body(req.into_body(), state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body(), state.max_body_bytes)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(r)) => return r,
+        Err(_) => {
+            let msg = format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs());
+            return error(StatusCode::REQUEST_TIMEOUT, msg);
+        }
     };
     let (texts, invalid_utf8) = match parse_texts(&body) {
         Ok(t) => t,
@@ -138,7 +145,7 @@ async fn classify(State(state): State<Arc<AppState>>, req: Request) -> Response 
             None => false,
         };
         if !sent {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the model's thread is not running (the server is stopping)");
         }
         match rx.await {
             Ok(Ok(p)) => p,
