@@ -331,30 +331,31 @@ fn full_lens(gpu: &Gpu, b: usize, t: usize) -> Result<crate::device::Buf<u32>> {
 /// Every key valid (len = T): the flops below are then exact.
 fn attention_forward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
     let (qkv, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, full_lens(gpu, b, t)?);
-    let (out, att) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?);
+    let (out, lse) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?);
     Ok(Case {
         shape: format!("B={b} T={t} NH={nh} C={c}"),
-        // reads qkv; writes out and the saved probabilities att
-        bytes: F * (b * t * 3 * c + b * t * c + b * nh * t * t) as f64,
+        // reads qkv; writes out and the log-sum-exp lse (fused: no (T,T) matrix)
+        bytes: F * (b * t * 3 * c + b * t * c + b * nh * t) as f64,
         // q.k and p.v: 2 T^2 HS multiply-adds per (b, head)
         flops: 4.0 * (b * t * t * c) as f64,
         na: false,
-        run: Box::new(move |g| ops::attention::attention_forward(g, &out, &att, &qkv, &lens, b, t, c, nh)),
+        run: Box::new(move |g| ops::attention::attention_forward(g, &out, &lse, &qkv, &lens, b, t, c, nh)),
     })
 }
 
 fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
     let (qkv, dout, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, rand_buf(gpu, b * t * c, 2)?, full_lens(gpu, b, t)?);
-    let (out, att, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
-    ops::attention::attention_forward(gpu, &out, &att, &qkv, &lens, b, t, c, nh)?; // real probabilities
+    let (out, lse, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
+    ops::attention::attention_forward(gpu, &out, &lse, &qkv, &lens, b, t, c, nh)?; // real out and lse
     Ok(Case {
         shape: format!("B={b} T={t} NH={nh} C={c}"),
-        // reads dout, qkv, att; writes dqkv (three launches: att is counted once)
-        bytes: F * (b * t * c + b * t * 3 * c + b * nh * t * t + b * t * 3 * c) as f64,
-        // dv = p^T do, dp = do v^T, dq = ds k, dk = ds^T q
-        flops: 8.0 * (b * t * t * c) as f64,
+        // reads dout, qkv, out, lse; writes dqkv (three launches: each input counted once)
+        bytes: F * (b * t * c + b * t * 3 * c + b * t * c + b * nh * t + b * t * 3 * c) as f64,
+        // s = q k^T (recomputed), dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q: the
+        // useful work (the dk/dv and dq passes each recompute s and dp on top of this)
+        flops: 10.0 * (b * t * t * c) as f64,
         na: false,
-        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &att, &lens, b, t, c, nh)),
+        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &out, &lse, &lens, b, t, c, nh)),
     })
 }
 

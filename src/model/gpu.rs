@@ -33,20 +33,20 @@ use crate::reference::gradnorm::clip_scale;
 use crate::reference::model::DropoutSeeds;
 use crate::train::engine::{Engine, StepStats};
 
-/// Capacity of the activation buffers: rows N = B*T, reviews B, attention B*NH*T*T.
+/// Capacity of the activation buffers: rows N = B*T, reviews B, attention log-sum-exp B*NH*T.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Cap {
     n: usize,
     b: usize,
-    att: usize,
+    lse: usize,
 }
 
 impl Cap {
     fn covers(&self, need: &Cap) -> bool {
-        self.n >= need.n && self.b >= need.b && self.att >= need.att
+        self.n >= need.n && self.b >= need.b && self.lse >= need.lse
     }
     fn max(&self, o: &Cap) -> Cap {
-        Cap { n: self.n.max(o.n), b: self.b.max(o.b), att: self.att.max(o.att) }
+        Cap { n: self.n.max(o.n), b: self.b.max(o.b), lse: self.lse.max(o.lse) }
     }
 }
 
@@ -60,7 +60,7 @@ struct Acts {
     ln1_mean: Buf<f32>,    // (L,B,T)
     ln1_rstd: Buf<f32>,    // (L,B,T)
     qkv: Buf<f32>,         // (L,B,T,3C)
-    att: Buf<f32>,         // (L,B,NH,T,T)
+    lse: Buf<f32>,         // (L,B,NH,T) attention log-sum-exp per query
     atty: Buf<f32>,        // (L,B,T,C)
     res_attn: Buf<f32>,    // (L,B,T,C)
     ln2: Buf<f32>,         // (L,B,T,C)
@@ -98,7 +98,7 @@ struct Acts {
 impl Acts {
     fn new(gpu: &Gpu, cfg: &ModelConfig, cap: Cap) -> Result<Acts> {
         let (c, f, l, k) = (cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.loss.outputs());
-        let Cap { n, b, att } = cap;
+        let Cap { n, b, lse } = cap;
         let z = |len: usize| gpu.zeros::<f32>(len);
         Ok(Acts {
             emb: z(n * c)?,
@@ -107,7 +107,7 @@ impl Acts {
             ln1_mean: z(l * n)?,
             ln1_rstd: z(l * n)?,
             qkv: z(l * n * 3 * c)?,
-            att: z(l * att)?,
+            lse: z(l * lse)?,
             atty: z(l * n * c)?,
             res_attn: z(l * n * c)?,
             ln2: z(l * n * c)?,
@@ -246,7 +246,7 @@ impl GpuModel {
             anyhow::bail!("token id {id} is outside the vocabulary ({})", self.cfg.vocab);
         }
         ensure!(batch.labels.iter().all(|&y| y <= 1), "labels must be 0 or 1");
-        let need = Cap { n: b * t, b, att: b * self.cfg.n_head * t * t };
+        let need = Cap { n: b * t, b, lse: b * self.cfg.n_head * t };
         if self.acts.is_none() || !self.cap.covers(&need) {
             let cap = self.cap.max(&need);
             self.acts = None; // free the old buffers first
@@ -287,7 +287,7 @@ impl GpuModel {
         let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| dropout.map(f).unwrap_or(0);
         let (b, t) = (self.b, self.t);
         let n = b * t; // rows of every per-token matrix
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let w = &self.params;
         let (ids, lens, labels) = (head(&a.ids, n), head(&a.lens, b), head(&a.labels, b));
@@ -303,7 +303,7 @@ impl GpuModel {
             let qkv = layer(&a.qkv, l, n3c); //                                      (B,T,3C)
             matmul_forward(gpu, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
             let atty = layer(&a.atty, l, nc); //                                     (B,T,C)
-            attention_forward(gpu, &atty, &layer(&a.att, l, natt), &qkv, &lens, b, t, c, nh)?;
+            attention_forward(gpu, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
             matmul_forward(gpu, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
             dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.attn(l)), p)?;
             let res_attn = layer(&a.res_attn, l, nc); //                             (B,T,C)
@@ -342,7 +342,7 @@ impl GpuModel {
         let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| seeds.as_ref().map(f).unwrap_or(0);
         let (b, t) = (self.b, self.t);
         let n = b * t;
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let (w, g) = (&self.params, &self.grads);
         let ws = &self.bwd_scratch;
@@ -372,7 +372,7 @@ impl GpuModel {
             // res_attn = x + dropout(y)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
             matmul_backward(gpu, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
-            attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.att, l, natt), &lens, b, t, c, nh)?; // (B,T,3C)
+            attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward(gpu, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
