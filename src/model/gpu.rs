@@ -16,7 +16,7 @@ use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::device::{Buf, Gpu, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
-use crate::ops::adamw::adamw_update;
+use crate::ops::adamw::{adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
@@ -172,6 +172,9 @@ pub struct GpuModel {
     seeds: Option<DropoutSeeds>,
     norm: Buf<f32>,
     norm_scratch: Buf<f32>,
+    /// AdamW's per-tensor table (`ops::adamw::adamw_table` of the layout), uploaded once.
+    adamw_ends: Buf<u32>,
+    adamw_decay: Buf<u32>,
     /// Workspace of the split weight-gradient reductions (matmul_backward and
     /// layernorm_backward partial sums), shared by every backward launch (one stream, one
     /// launch at a time); sized by `backward_scratch_len` for the largest batch so far.
@@ -201,6 +204,8 @@ impl GpuModel {
         cfg.validate()?;
         let layout = ParamLayout::new(cfg);
         ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
+        let (ends, decay) = adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
+        ensure!(layout.tensors.iter().enumerate().all(|(i, t)| t.offset + t.size == ends[i] as usize), "tensors are not contiguous in layout order");
         Ok(GpuModel {
             cfg: cfg.clone(),
             params: gpu.upload(params)?,
@@ -216,6 +221,8 @@ impl GpuModel {
             seeds: None,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
+            adamw_ends: gpu.upload(&ends)?,
+            adamw_decay: gpu.upload(&decay)?,
             bwd_scratch: gpu.zeros(0)?,
         })
     }
@@ -389,14 +396,11 @@ impl GpuModel {
     }
 
     /// AdamW on every tensor (weight decay where the layout says), with the clip factor
-    /// `grad_scale` folded into the read of the gradients. `step` is 1-based.
+    /// `grad_scale` folded into the read of the gradients, in one launch over the whole
+    /// parameter buffer. `step` is 1-based.
     pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, grad_scale: f32, step: u64) -> Result<()> {
-        for (i, t) in self.layout.tensors.iter().enumerate() {
-            let wd = if t.decay { o.weight_decay } else { 0.0 };
-            let (p, m, v, g) = (self.pv(&self.params, i), self.pv(&self.m, i), self.pv(&self.v, i), self.pv(&self.grads, i));
-            adamw_update(gpu, &p, &m, &v, &g, lr, o.beta1, o.beta2, o.eps, wd, grad_scale, step)?;
-        }
-        Ok(())
+        let (ends, decay) = (&self.adamw_ends, &self.adamw_decay);
+        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, lr, o.beta1, o.beta2, o.eps, o.weight_decay, grad_scale, step)
     }
 
     /// Per-review losses of the last forward (B).
