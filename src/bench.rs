@@ -117,6 +117,7 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("embedding_forward", embedding_forward),
         ("embedding_backward", embedding_backward),
         ("adamw_update", adamw_update),
+        ("adamw_update_tensors", adamw_update_tensors),
         ("adamw_update per tensor", adamw_update_per_tensor),
         ("global_norm", global_norm),
     ]
@@ -461,7 +462,26 @@ fn adamw_update(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     })
 }
 
-/// As `GpuModel::update` does it: one launch per named tensor (17), decay per the layout.
+/// As `GpuModel::update` does it: one launch over the whole buffer, decay per tensor from
+/// the layout's table.
+fn adamw_update_tensors(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
+    let n = layout.total;
+    let (ends, decay) = ops::adamw::adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
+    let (ends, decay) = (gpu.upload(&ends)?, gpu.upload(&decay)?);
+    Ok(Case {
+        shape: format!("N={n}, {} tensors", layout.tensors.len()),
+        bytes: F * (7 * n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |gpu| {
+            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1.0, 1)
+        }),
+    })
+}
+
+/// The model's update before `adamw_update_tensors`: one launch per named tensor (17),
+/// decay per the layout.
 fn adamw_update_per_tensor(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
     let n = layout.total;
