@@ -123,7 +123,7 @@ torch = [l for l in lines if l.startswith("TORCHJSON ")]
 ours = json.loads(step[-1][9:]) if step else []
 ref = json.loads(torch[-1][10:]) if torch else {"results": [], "device": "?", "torch": "?"}
 print(f"PyTorch {ref['torch']} on {ref['device']}")
-cols = ["eager-fp32", "eager-tf32", "compile-fp32", "compile-tf32"]
+cols = ["eager-fp32", "eager-tf32", "eager-bf16", "compile-bf16"]
 print(f"{'preset':<8} {'T':>4} {'cudaenc':>10} " + " ".join(f"{c:>13}" for c in cols) + "  ratio vs " + ", ".join(cols))
 keys = sorted({(r["preset"], r["t"]) for r in ours} | {(r["preset"], r["t"]) for r in ref["results"]})
 for p, t in keys:
