@@ -32,18 +32,32 @@ extern "C" __global__ void adamw_update(float* __restrict__ params, float* __res
 }
 CUDAENC_REGISTER(adamw_update)
 
+// The clip factor of gradient norm `norm` for max_norm (off if <= 0): the same f32
+// arithmetic as reference::gradnorm::clip_scale, so the same value.
+__device__ __forceinline__ float adamw_clip_scale(float norm, float max_norm) {
+    if (max_norm <= 0.0f || !isfinite(norm)) return 1.0f;
+    return fminf(max_norm / (norm + 1e-6f), 1.0f);
+}
+
 // The whole parameter buffer in one launch: tensor k covers elements [ends[k-1], ends[k])
 // (ends ascending, from 0; the last tensor also takes anything past its end) and decays
 // with weight_decay if decay[k] != 0, else not. n_tensors in [1, ADAMW_MAX_TENSORS]. The
+// clip factor comes from the global gradient norm in device memory (norm[0], as
+// global_norm leaves it; max_norm <= 0: no clipping); a non-finite norm skips the whole
+// update (parameters and moments untouched: the step is reported, not applied). The
 // table is staged in shared memory; each thread walks it with a cursor, since its
 // grid-stride indices only grow. Otherwise exactly adamw_update per tensor.
 extern "C" __global__ void adamw_update_tensors(float* __restrict__ params, float* __restrict__ m,
                                                 float* __restrict__ v, const float* __restrict__ grads,
                                                 const unsigned* __restrict__ ends, const unsigned* __restrict__ decay,
-                                                int n_tensors, float lr, float beta1, float beta2, float bc1,
-                                                float bc2, float eps, float weight_decay, float grad_scale, int N) {
+                                                int n_tensors, const float* __restrict__ norm, float max_norm,
+                                                float lr, float beta1, float beta2, float bc1, float bc2, float eps,
+                                                float weight_decay, int N) {
     __shared__ unsigned s_end[ADAMW_MAX_TENSORS];
     __shared__ float s_wd[ADAMW_MAX_TENSORS];
+    const float g_norm = norm[0];
+    if (!isfinite(g_norm)) return;  // block-uniform: before the barrier
+    const float grad_scale = adamw_clip_scale(g_norm, max_norm);
     for (int k = threadIdx.x; k < n_tensors; k += blockDim.x) {
         s_end[k] = ends[k];
         s_wd[k] = decay[k] ? weight_decay : 0.0f;

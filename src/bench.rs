@@ -22,7 +22,7 @@ use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
 use crate::model::params::ParamLayout;
 use crate::model::Batch;
 use crate::ops;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The shapes the cases run at.
 #[derive(Clone, Copy, Debug)]
@@ -468,14 +468,14 @@ fn adamw_update_tensors(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
     let n = layout.total;
     let (ends, decay) = ops::adamw::adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
-    let (ends, decay) = (gpu.upload(&ends)?, gpu.upload(&decay)?);
+    let (ends, decay, norm) = (gpu.upload(&ends)?, gpu.upload(&decay)?, gpu.upload(&[0.5f32])?);
     Ok(Case {
         shape: format!("N={n}, {} tensors", layout.tensors.len()),
         bytes: F * (7 * n) as f64,
         flops: 0.0,
         na: false,
         run: Box::new(move |gpu| {
-            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1.0, 1)
+            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, &norm, 1.0, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1)
         }),
     })
 }
@@ -636,10 +636,11 @@ pub fn preset_model(preset: crate::cli::setup::Preset, vocab: usize, t: usize, l
     ModelConfig { vocab, d_model: h.d_model, n_layer: h.n_layer, n_head: h.n_head, d_ff: h.d_ff, max_len: t, dropout: h.dropout, loss }
 }
 
-/// Time `steps` training steps (`GpuEngine::train_step`: forward, backward, norm, clip,
-/// AdamW, with the step's host work: batch upload, embedding order, loss/norm downloads)
-/// of `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in
-/// turn. Each step is timed on the wall clock up to a device synchronize.
+/// Time `steps` training steps as the trainer runs them (`GpuEngine::queue_step`: forward,
+/// backward, norm, statistics summed on the device, clip, AdamW, with the step's host
+/// work: batch upload, embedding order; the statistics are read back once at the end) of
+/// `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in turn.
+/// Each step is timed on the wall clock up to a device synchronize.
 pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, steps: usize, warmup: usize) -> Result<StepResult> {
     let batches: Vec<Batch> = (0..4).map(|i| step_batch(b, t, cfg.vocab, 100 + i)).collect();
     let mut engine = crate::model::gpu::GpuEngine::new(gpu, cfg, &OptimConfig::default(), 1, 1)
@@ -647,13 +648,18 @@ pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, 
     let params = engine.model.layout.total;
     use crate::train::engine::Engine;
     let mut times = Vec::with_capacity(steps);
+    let mut totals = crate::train::engine::StepTotals::default();
     for i in 0..warmup + steps.max(1) {
         let t0 = std::time::Instant::now();
-        engine.train_step(&batches[i % 4], 1e-4, i as u64 + 1).with_context(|| format!("step bench {label}: step {}", i + 1))?;
+        engine.queue_step(&batches[i % 4], 1e-4, i as u64 + 1, &mut totals).with_context(|| format!("step bench {label}: step {}", i + 1))?;
         engine.gpu.synchronize()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    engine.flush_totals(&mut totals)?;
+    if let Some(bad) = totals.nonfinite {
+        bail!("step bench {label}: step {} gave loss {} and gradient norm {}", bad.step, bad.loss, bad.grad_norm);
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
@@ -675,7 +681,7 @@ pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, 
 
 /// Print the step results as a table, then one line `STEPJSON [...]`.
 pub fn print_steps(device: &str, results: &[StepResult]) -> Result<()> {
-    println!("training step on {device} (median wall-clock ms per train_step, device synchronized)");
+    println!("training step on {device} (median wall-clock ms per queued training step, device synchronized)");
     println!("{:<10} {:>4} {:>4} {:>5} {:>11} {:>9} {:>9} {:>12} {:>12} {:>9}", "preset", "loss", "B", "T", "params", "ms", "ms min", "tok/s", "valid tok/s", "epoch s");
     for r in results {
         println!(

@@ -23,15 +23,14 @@ use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
 use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
-use crate::ops::loss::{sigmoid_bce_backward, sigmoid_bce_forward, softmax_ce_backward, softmax_ce_forward};
+use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_launch, softmax_ce_backward, softmax_ce_forward_launch};
+use crate::ops::steptotals::step_totals_add;
 use crate::ops::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
 use crate::ops::residual::residual_forward;
 use crate::reference::embedding::embedding_backward_order;
-use crate::reference::engine::predicted_label;
-use crate::reference::gradnorm::clip_scale;
 use crate::reference::model::DropoutSeeds;
-use crate::train::engine::{Engine, StepStats};
+use crate::train::engine::{Engine, StepStats, StepTotals, STEP_TOTALS_SLOTS};
 
 /// Capacity of the activation buffers: rows N = B*T, reviews B, attention log-sum-exp B*NH*T.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -280,10 +279,17 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Forward pass; returns the mean loss over the batch (the loss launcher downloads
-    /// the per-review losses, so this waits for the device). `dropout`: the step's seeds
-    /// (training) or None (evaluation: no dropout). Labels are read only for the loss.
+    /// Forward pass; returns the mean loss over the batch (downloads the per-review losses,
+    /// so this waits for the device). `dropout`: the step's seeds (training) or None
+    /// (evaluation: no dropout). Labels are read only for the loss.
     pub fn forward(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<f32> {
+        self.forward_launch(gpu, batch, dropout)?;
+        mean_loss(gpu, &head(&self.acts.as_ref().expect("forward launched").losses, self.b), self.b)
+    }
+
+    /// The forward pass up to the per-review losses and probabilities, without reading
+    /// anything back (the batch upload is the only wait).
+    pub fn forward_launch(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<()> {
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
         if let Some(s) = dropout {
             ensure!(s.0.len() == 1 + 2 * nl, "one dropout seed per site");
@@ -334,8 +340,8 @@ impl GpuModel {
         matmul_forward(gpu, &logits, &pooled, &self.pv(w, idx::HEAD_W), Some(&self.pv(w, idx::HEAD_B)), b, c, k)?; // (B,K)
         let (losses, probs) = (head(&a.losses, b), head(&a.probs, b * k));
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_forward(gpu, &losses, &probs, &logits, &labels, b, k),
-            Loss::Bce => sigmoid_bce_forward(gpu, &losses, &probs, &logits, &labels, b),
+            Loss::Ce => softmax_ce_forward_launch(gpu, &losses, &probs, &logits, &labels, b, k),
+            Loss::Bce => sigmoid_bce_forward_launch(gpu, &losses, &probs, &logits, &labels, b),
         }
     }
 
@@ -395,12 +401,26 @@ impl GpuModel {
         Ok(gpu.download(&self.norm)?[0])
     }
 
-    /// AdamW on every tensor (weight decay where the layout says), with the clip factor
-    /// `grad_scale` folded into the read of the gradients, in one launch over the whole
-    /// parameter buffer. `step` is 1-based.
-    pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, grad_scale: f32, step: u64) -> Result<()> {
-        let (ends, decay) = (&self.adamw_ends, &self.adamw_decay);
-        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, lr, o.beta1, o.beta2, o.eps, o.weight_decay, grad_scale, step)
+    /// AdamW on every tensor (weight decay where the layout says) in one launch over the
+    /// whole parameter buffer, with the clip factor for `o.grad_clip` computed on the
+    /// device from the norm of the last `grad_norm` / `launch_grad_norm` and folded into
+    /// the read of the gradients; a non-finite norm skips the update. `step` is 1-based.
+    pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, step: u64) -> Result<()> {
+        let (ends, decay, norm) = (&self.adamw_ends, &self.adamw_decay, &self.norm);
+        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, norm, o.grad_clip, lr, o.beta1, o.beta2, o.eps, o.weight_decay, step)
+    }
+
+    /// Global L2 norm of the gradients into device memory (no wait).
+    pub fn launch_grad_norm(&self, gpu: &Gpu) -> Result<()> {
+        global_norm(gpu, &self.norm, &self.norm_scratch, &self.grads)
+    }
+
+    /// totals (`train::engine::StepTotals` slots) += the last forward's loss and accuracy
+    /// and the last gradient norm (no wait).
+    pub fn add_step_totals(&self, gpu: &Gpu, totals: &Buf<f64>, step: u64) -> Result<()> {
+        let a = self.acts.as_ref().expect("forward first");
+        let (b, k) = (self.b, self.cfg.loss.outputs());
+        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &head(&a.labels, b), &self.norm, b, k, step)
     }
 
     /// Per-review losses of the last forward (B).
@@ -428,40 +448,59 @@ pub struct GpuEngine {
     pub optim: OptimConfig,
     /// Dropout seeds derive from it: `rng::derive_seed(run_seed, step, site)`.
     pub run_seed: u64,
+    /// Device totals of the steps queued since the last `flush_totals`, and scratch
+    /// totals for one `train_step` (`StepTotals` slots).
+    queued: Buf<f64>,
+    one_step: Buf<f64>,
 }
 
 impl GpuEngine {
     /// A fresh model: parameters from `init_params(cfg, init_seed)`, moments zero.
     pub fn new(gpu: Gpu, cfg: &ModelConfig, optim: &OptimConfig, init_seed: u64, run_seed: u64) -> Result<Self> {
         let model = GpuModel::new(&gpu, cfg, &init_params(cfg, init_seed))?;
-        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed })
+        let (queued, one_step) = (gpu.zeros(STEP_TOTALS_SLOTS)?, gpu.zeros(STEP_TOTALS_SLOTS)?);
+        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed, queued, one_step })
     }
 
     /// The gradients of the last `train_step`, before the clip factor.
     pub fn grads(&self) -> Result<Vec<f32>> {
         self.gpu.download(&self.model.grads)
     }
+
+    /// One step, launched: forward, backward, norm, the statistics added to `totals` on
+    /// the device, AdamW with the clip factor computed on the device (skipped if the norm
+    /// is not finite). Waits only for the batch upload.
+    fn launch_step(gpu: &Gpu, model: &mut GpuModel, optim: &OptimConfig, run_seed: u64, totals: &Buf<f64>, batch: &Batch, lr: f32, step: u64) -> Result<()> {
+        ensure!(step >= 1, "optimizer steps are 1-based");
+        let seeds = DropoutSeeds::for_step(run_seed, step, model.cfg.n_layer);
+        model.zero_grad(gpu)?;
+        model.forward_launch(gpu, batch, Some(&seeds))?;
+        model.backward(gpu)?;
+        model.launch_grad_norm(gpu)?;
+        model.add_step_totals(gpu, totals, step)?;
+        model.update(gpu, optim, lr, step)
+    }
 }
 
 impl Engine for GpuEngine {
     fn train_step(&mut self, batch: &Batch, lr: f32, step: u64) -> Result<StepStats> {
-        ensure!(step >= 1, "optimizer steps are 1-based");
-        let (gpu, model) = (&self.gpu, &mut self.model);
-        let seeds = DropoutSeeds::for_step(self.run_seed, step, model.cfg.n_layer);
-        model.zero_grad(gpu)?;
-        let loss = model.forward(gpu, batch, Some(&seeds))?;
-        model.backward(gpu)?;
-        let grad_norm = model.grad_norm(gpu)?; // waits for the backward
-        let correct = model
-            .positive_probs(gpu)?
-            .iter()
-            .zip(&batch.labels)
-            .filter(|(&p, &y)| predicted_label(p) == y)
-            .count();
-        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {loss})");
-        let scale = clip_scale(grad_norm, self.optim.grad_clip);
-        model.update(gpu, &self.optim, lr, scale, step)?;
-        Ok(StepStats { loss, grad_norm, correct })
+        self.gpu.zero(&self.one_step)?;
+        Self::launch_step(&self.gpu, &mut self.model, &self.optim, self.run_seed, &self.one_step, batch, lr, step)?;
+        let t = StepTotals::from_slots(&self.gpu.download(&self.one_step)?);
+        let grad_norm = self.gpu.download(&self.model.norm)?[0];
+        // mean x B in f64 divided by B gives the f32 mean back exactly (B < 2^29)
+        let loss = if t.reviews > 0 { (t.loss_sum / t.reviews as f64) as f32 } else { 0.0 };
+        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {loss}); the update was skipped");
+        Ok(StepStats { loss, grad_norm, correct: t.correct })
+    }
+
+    fn queue_step(&mut self, batch: &Batch, lr: f32, step: u64, _totals: &mut StepTotals) -> Result<()> {
+        Self::launch_step(&self.gpu, &mut self.model, &self.optim, self.run_seed, &self.queued, batch, lr, step)
+    }
+
+    fn flush_totals(&mut self, totals: &mut StepTotals) -> Result<()> {
+        totals.add(&StepTotals::from_slots(&self.gpu.download(&self.queued)?));
+        self.gpu.zero(&self.queued)
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<f32>> {

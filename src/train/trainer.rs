@@ -7,7 +7,7 @@
 //! `src/model/gpu.rs`, which launches each kernel.
 
 use super::checkpoint::{self, Checkpoint, TensorSlot};
-use super::engine::Engine;
+use super::engine::{Engine, StepTotals};
 use super::metrics::{EpochMetrics, RunRecord};
 use super::schedule::Schedule;
 use crate::config::{Loss, OptimConfig};
@@ -138,6 +138,10 @@ pub struct Progress {
     pub stop_after: Option<usize>,
 }
 
+/// Steps between read-backs of the training statistics (loss, accuracy, the non-finite
+/// check): the kernel model keeps them on the device in between.
+const READBACK_STEPS: usize = 50;
+
 /// Train `engine` for `cfg.epochs` epochs on `data`, writing into `dir` when given.
 /// With `resume`, continue from the checkpoint in `dir` (same configuration), ending
 /// where an uninterrupted run would.
@@ -183,7 +187,7 @@ pub fn train_run(
         );
         bar.set_prefix(format!("{} epoch {epoch}/{}", progress.label, cfg.epochs));
         let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut seen, mut tokens) = (0.0f64, 0usize, 0usize, 0usize);
+        let (mut totals, mut tokens) = (StepTotals::default(), 0usize);
         let mut lr = 0.0;
         for (i, batch) in batches.iter().enumerate() {
             let step = ((epoch - 1) * data.steps_per_epoch + i + 1) as u64;
@@ -195,29 +199,34 @@ pub fn train_run(
             } else {
                 batch
             };
-            let stats = engine.train_step(batch, lr, step)?;
-            if !stats.loss.is_finite() {
-                bar.abandon();
-                bail!(
-                    "training loss became {} at epoch {epoch}, step {step} (learning rate {lr:.2e}); \
-                     the last good checkpoint is kept{}",
-                    stats.loss,
-                    dir.map(|d| format!(" in {}", d.checkpoint_path().display())).unwrap_or_default()
-                );
-            }
-            loss_sum += stats.loss as f64 * batch.batch_size as f64;
-            correct += stats.correct;
-            seen += batch.batch_size;
+            engine.queue_step(batch, lr, step, &mut totals)?;
             tokens += batch.valid_tokens();
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} tok/s",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
-                tokens as f64 / secs
-            ));
+            // the statistics stay on the device; read back (and checked) every
+            // READBACK_STEPS steps and at the end of the epoch
+            if (i + 1) % READBACK_STEPS == 0 || i + 1 == batches.len() {
+                engine.flush_totals(&mut totals)?;
+                if let Some(bad) = totals.nonfinite {
+                    bar.abandon();
+                    bail!(
+                        "training loss became {} (gradient norm {}) at epoch {epoch}, step {} (learning rate {lr:.2e}); \
+                         the last good checkpoint is kept{}",
+                        bad.loss,
+                        bad.grad_norm,
+                        bad.step,
+                        dir.map(|d| format!(" in {}", d.checkpoint_path().display())).unwrap_or_default()
+                    );
+                }
+                let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}% {:.0} tok/s",
+                    totals.loss_sum / totals.reviews.max(1) as f64,
+                    100.0 * totals.correct as f64 / totals.reviews.max(1) as f64,
+                    tokens as f64 / secs
+                ));
+            }
             bar.inc(1);
         }
+        let (loss_sum, correct, seen) = (totals.loss_sum, totals.correct, totals.reviews);
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let (val_loss, val_acc) = evaluate(engine, &data.val)?;
