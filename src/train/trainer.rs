@@ -201,21 +201,25 @@ pub fn train_run(
             };
             engine.queue_step(batch, lr, step, &mut totals)?;
             tokens += batch.valid_tokens();
-            // the statistics stay on the device; read back (and checked) every
-            // READBACK_STEPS steps and at the end of the epoch
-            if (i + 1) % READBACK_STEPS == 0 || i + 1 == batches.len() {
+            // the kernel model keeps the statistics on the device: read back every
+            // READBACK_STEPS steps and at the end of the epoch (the cpu device's are on
+            // the host at once); a non-finite step stops training when it is seen
+            let read_back = (i + 1) % READBACK_STEPS == 0 || i + 1 == batches.len();
+            if read_back {
                 engine.flush_totals(&mut totals)?;
-                if let Some(bad) = totals.nonfinite {
-                    bar.abandon();
-                    bail!(
-                        "training loss became {} (gradient norm {}) at epoch {epoch}, step {} (learning rate {lr:.2e}); \
-                         the last good checkpoint is kept{}",
-                        bad.loss,
-                        bad.grad_norm,
-                        bad.step,
-                        dir.map(|d| format!(" in {}", d.checkpoint_path().display())).unwrap_or_default()
-                    );
-                }
+            }
+            if let Some(bad) = totals.nonfinite {
+                bar.abandon();
+                bail!(
+                    "training loss became {} (gradient norm {}) at epoch {epoch}, step {}; \
+                     the last good checkpoint is kept{}",
+                    bad.loss,
+                    bad.grad_norm,
+                    bad.step,
+                    dir.map(|d| format!(" in {}", d.checkpoint_path().display())).unwrap_or_default()
+                );
+            }
+            if read_back {
                 let secs = t0.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "loss {:.4} acc {:.2}% {:.0} tok/s",
