@@ -467,12 +467,15 @@ impl GpuEngine {
         self.gpu.download(&self.model.grads)
     }
 
-    /// One step, launched: forward, backward, norm, the statistics added to `totals` on
-    /// the device, AdamW with the clip factor computed on the device (skipped if the norm
-    /// is not finite). Waits only for the batch upload.
-    fn launch_step(gpu: &Gpu, model: &mut GpuModel, optim: &OptimConfig, run_seed: u64, totals: &Buf<f64>, batch: &Batch, lr: f32, step: u64) -> Result<()> {
+    /// One step, launched: forward, backward, norm, the statistics added on the device to
+    /// `one_step` (for `train_step`) or else to `queued`, AdamW with the clip factor
+    /// computed on the device (skipped if the norm is not finite). Waits only for the
+    /// batch upload.
+    fn launch_step(&mut self, one_step: bool, batch: &Batch, lr: f32, step: u64) -> Result<()> {
         ensure!(step >= 1, "optimizer steps are 1-based");
-        let seeds = DropoutSeeds::for_step(run_seed, step, model.cfg.n_layer);
+        let (gpu, model, optim) = (&self.gpu, &mut self.model, &self.optim);
+        let totals = if one_step { &self.one_step } else { &self.queued };
+        let seeds = DropoutSeeds::for_step(self.run_seed, step, model.cfg.n_layer);
         model.zero_grad(gpu)?;
         model.forward_launch(gpu, batch, Some(&seeds))?;
         model.backward(gpu)?;
@@ -485,7 +488,7 @@ impl GpuEngine {
 impl Engine for GpuEngine {
     fn train_step(&mut self, batch: &Batch, lr: f32, step: u64) -> Result<StepStats> {
         self.gpu.zero(&self.one_step)?;
-        Self::launch_step(&self.gpu, &mut self.model, &self.optim, self.run_seed, &self.one_step, batch, lr, step)?;
+        self.launch_step(true, batch, lr, step)?;
         let t = StepTotals::from_slots(&self.gpu.download(&self.one_step)?);
         let grad_norm = self.gpu.download(&self.model.norm)?[0];
         // mean x B in f64 divided by B gives the f32 mean back exactly (B < 2^29)
@@ -495,7 +498,7 @@ impl Engine for GpuEngine {
     }
 
     fn queue_step(&mut self, batch: &Batch, lr: f32, step: u64, _totals: &mut StepTotals) -> Result<()> {
-        Self::launch_step(&self.gpu, &mut self.model, &self.optim, self.run_seed, &self.queued, batch, lr, step)
+        self.launch_step(false, batch, lr, step)
     }
 
     fn flush_totals(&mut self, totals: &mut StepTotals) -> Result<()> {
