@@ -15,9 +15,12 @@ tokens, ids Zipf-Mandelbrot p(r) ~ 1/(r + 2.7) over the vocabulary (same distrib
 different draws), padding id 0, labels alternating; four batches in turn, copied from the
 host each step (as cudaenc uploads them).
 
-Configurations: eager and torch.compile, each with FP32 matmuls in full precision
-("fp32": torch.set_float32_matmul_precision("highest")) and with TF32 allowed ("tf32":
-"high"). cudaenc's kernels are plain FP32, so fp32 is the like-for-like comparison.
+Configurations `mode-precision`: mode eager or compile (torch.compile); precision
+"fp32" (FP32 matmuls in full precision: torch.set_float32_matmul_precision("highest")),
+"tf32" (TF32 allowed: "high") or "bf16" (forward and loss under
+torch.autocast(dtype=torch.bfloat16), TF32 allowed for what autocast leaves in FP32;
+parameters, gradients and AdamW stay FP32). Default: eager-fp32, eager-tf32, eager-bf16,
+compile-bf16. cudaenc's kernels are plain FP32, so fp32 is the like-for-like comparison.
 Runs on CUDA if available, else on the CPU (there, unless shapes are given, a small
 shape so it finishes). Prints a table, then one line `TORCHJSON [...]`.
 
@@ -130,7 +133,10 @@ def sync(dev):
 def run_config(dev, preset, vocab, b, t, loss, mode, precision, steps, warmup):
     c, n_layer, nh, f, p = PRESETS[preset]
     torch.manual_seed(1)
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r} (fp32, tf32 or bf16)")
     torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model = Classifier(vocab, c, n_layer, nh, f, p, loss).to(dev).train()
     n_params = sum(x.numel() for x in model.parameters())
     decay = [x for x in model.parameters() if x.dim() >= 2]
@@ -149,7 +155,8 @@ def run_config(dev, preset, vocab, b, t, loss, mode, precision, steps, warmup):
     def step(i):
         ids, lens, labels = (z.to(dev, non_blocking=True) for z in batches[i % 4])
         opt.zero_grad(set_to_none=True)
-        loss_v = fwd(ids, lens, labels)
+        with autocast:
+            loss_v = fwd(ids, lens, labels)
         loss_v.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -190,8 +197,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--loss", choices=["ce", "bce"], default="ce")
     ap.add_argument("--vocab", type=int, default=VOCAB)
-    ap.add_argument("--configs", default="eager-fp32,eager-tf32,compile-fp32,compile-tf32",
-                    help="mode-precision list, run in this order for every shape")
+    ap.add_argument("--configs", default="eager-fp32,eager-tf32,eager-bf16,compile-bf16",
+                    help="mode-precision list (mode eager|compile, precision fp32|tf32|bf16), run in this order")
     ap.add_argument("--budget-s", type=float, default=0,
                     help="skip a configuration that would start later than this many seconds minus its reserve (0: no limit)")
     ap.add_argument("--reserve-s", default="eager:10,compile:60",

@@ -22,7 +22,7 @@ use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
 use crate::model::params::ParamLayout;
 use crate::model::Batch;
 use crate::ops;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The shapes the cases run at.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +117,7 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("embedding_forward", embedding_forward),
         ("embedding_backward", embedding_backward),
         ("adamw_update", adamw_update),
+        ("adamw_update_tensors", adamw_update_tensors),
         ("adamw_update per tensor", adamw_update_per_tensor),
         ("global_norm", global_norm),
     ]
@@ -331,30 +332,31 @@ fn full_lens(gpu: &Gpu, b: usize, t: usize) -> Result<crate::device::Buf<u32>> {
 /// Every key valid (len = T): the flops below are then exact.
 fn attention_forward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
     let (qkv, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, full_lens(gpu, b, t)?);
-    let (out, att) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?);
+    let (out, lse) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?);
     Ok(Case {
         shape: format!("B={b} T={t} NH={nh} C={c}"),
-        // reads qkv; writes out and the saved probabilities att
-        bytes: F * (b * t * 3 * c + b * t * c + b * nh * t * t) as f64,
+        // reads qkv; writes out and the log-sum-exp lse (fused: no (T,T) matrix)
+        bytes: F * (b * t * 3 * c + b * t * c + b * nh * t) as f64,
         // q.k and p.v: 2 T^2 HS multiply-adds per (b, head)
         flops: 4.0 * (b * t * t * c) as f64,
         na: false,
-        run: Box::new(move |g| ops::attention::attention_forward(g, &out, &att, &qkv, &lens, b, t, c, nh)),
+        run: Box::new(move |g| ops::attention::attention_forward(g, &out, &lse, &qkv, &lens, b, t, c, nh)),
     })
 }
 
 fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
     let (qkv, dout, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, rand_buf(gpu, b * t * c, 2)?, full_lens(gpu, b, t)?);
-    let (out, att, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
-    ops::attention::attention_forward(gpu, &out, &att, &qkv, &lens, b, t, c, nh)?; // real probabilities
+    let (out, lse, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
+    ops::attention::attention_forward(gpu, &out, &lse, &qkv, &lens, b, t, c, nh)?; // real out and lse
     Ok(Case {
         shape: format!("B={b} T={t} NH={nh} C={c}"),
-        // reads dout, qkv, att; writes dqkv (three launches: att is counted once)
-        bytes: F * (b * t * c + b * t * 3 * c + b * nh * t * t + b * t * 3 * c) as f64,
-        // dv = p^T do, dp = do v^T, dq = ds k, dk = ds^T q
-        flops: 8.0 * (b * t * t * c) as f64,
+        // reads dout, qkv, out, lse; writes dqkv (three launches: each input counted once)
+        bytes: F * (b * t * c + b * t * 3 * c + b * t * c + b * nh * t + b * t * 3 * c) as f64,
+        // s = q k^T (recomputed), dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q: the
+        // useful work (the dk/dv and dq passes each recompute s and dp on top of this)
+        flops: 10.0 * (b * t * t * c) as f64,
         na: false,
-        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &att, &lens, b, t, c, nh)),
+        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &out, &lse, &lens, b, t, c, nh)),
     })
 }
 
@@ -460,7 +462,26 @@ fn adamw_update(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     })
 }
 
-/// As `GpuModel::update` does it: one launch per named tensor (17), decay per the layout.
+/// As `GpuModel::update` does it: one launch over the whole buffer, decay per tensor from
+/// the layout's table.
+fn adamw_update_tensors(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
+    let n = layout.total;
+    let (ends, decay) = ops::adamw::adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
+    let (ends, decay, norm) = (gpu.upload(&ends)?, gpu.upload(&decay)?, gpu.upload(&[0.5f32])?);
+    Ok(Case {
+        shape: format!("N={n}, {} tensors", layout.tensors.len()),
+        bytes: F * (7 * n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |gpu| {
+            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, &norm, 1.0, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1)
+        }),
+    })
+}
+
+/// The model's update before `adamw_update_tensors`: one launch per named tensor (17),
+/// decay per the layout.
 fn adamw_update_per_tensor(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (layout, [p, m, v, g]) = adamw_buffers(gpu, s)?;
     let n = layout.total;
@@ -645,10 +666,11 @@ pub fn preset_model(preset: crate::cli::setup::Preset, vocab: usize, t: usize, l
     ModelConfig { vocab, d_model: h.d_model, n_layer: h.n_layer, n_head: h.n_head, d_ff: h.d_ff, max_len: t, dropout: h.dropout, loss }
 }
 
-/// Time `steps` training steps (`GpuEngine::train_step`: forward, backward, norm, clip,
-/// AdamW, with the step's host work: batch upload, embedding order, loss/norm downloads)
-/// of `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in
-/// turn. Each step is timed on the wall clock up to a device synchronize.
+/// Time `steps` training steps as the trainer runs them (`GpuEngine::queue_step`: forward,
+/// backward, norm, statistics summed on the device, clip, AdamW, with the step's host
+/// work: batch upload, embedding order; the statistics are read back once at the end) of
+/// `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in turn.
+/// Each step is timed on the wall clock up to a device synchronize.
 pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, steps: usize, warmup: usize) -> Result<StepResult> {
     let batches: Vec<Batch> = (0..4).map(|i| step_batch(b, t, cfg.vocab, 100 + i)).collect();
     let mut engine = crate::model::gpu::GpuEngine::new(gpu, cfg, &OptimConfig::default(), 1, 1)
@@ -656,13 +678,18 @@ pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, 
     let params = engine.model.layout.total;
     use crate::train::engine::Engine;
     let mut times = Vec::with_capacity(steps);
+    let mut totals = crate::train::engine::StepTotals::default();
     for i in 0..warmup + steps.max(1) {
         let t0 = std::time::Instant::now();
-        engine.train_step(&batches[i % 4], 1e-4, i as u64 + 1).with_context(|| format!("step bench {label}: step {}", i + 1))?;
+        engine.queue_step(&batches[i % 4], 1e-4, i as u64 + 1, &mut totals).with_context(|| format!("step bench {label}: step {}", i + 1))?;
         engine.gpu.synchronize()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    engine.flush_totals(&mut totals)?;
+    if let Some(bad) = totals.nonfinite {
+        bail!("step bench {label}: step {} gave loss {} and gradient norm {}", bad.step, bad.loss, bad.grad_norm);
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
@@ -684,7 +711,7 @@ pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, 
 
 /// Print the step results as a table, then one line `STEPJSON [...]`.
 pub fn print_steps(device: &str, results: &[StepResult]) -> Result<()> {
-    println!("training step on {device} (median wall-clock ms per train_step, device synchronized)");
+    println!("training step on {device} (median wall-clock ms per queued training step, device synchronized)");
     println!("{:<10} {:>4} {:>4} {:>5} {:>11} {:>9} {:>9} {:>12} {:>12} {:>9}", "preset", "loss", "B", "T", "params", "ms", "ms min", "tok/s", "valid tok/s", "epoch s");
     for r in results {
         println!(

@@ -2,12 +2,18 @@
 //! orders) and on cuda when present. Each step starts the reference from the device's
 //! state (f32 values widened), so errors do not compound: params, m, v within relative
 //! error 1e-5 per step. Reruns are bit-identical.
+//!
+//! adamw_update_tensors (the whole parameter buffer in one launch, per-tensor weight decay
+//! from a table, the clip factor computed on the device from the gradient norm) is
+//! bit-identical to adamw_update launched per tensor with the host's clip factor, within
+//! 1e-5 of the f64 reference of the same name, and a non-finite norm changes nothing.
 mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64};
 use cudaenc::device::Gpu;
-use cudaenc::ops::adamw::adamw_update;
+use cudaenc::ops::adamw::{adamw_table, adamw_update, adamw_update_tensors};
 use cudaenc::reference::adamw as reference;
+use cudaenc::reference::gradnorm::clip_scale;
 use cudaenc::rng::SplitMix64;
 
 const TOL: f64 = 1e-5;
@@ -80,4 +86,84 @@ fn adamw_rejects_bad_arguments() {
     let b = gpu.zeros::<f32>(3).unwrap();
     assert!(adamw_update(&gpu, &a, &a, &a, &b, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 1).is_err());
     assert!(adamw_update(&gpu, &a, &a, &a, &a, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0).is_err(), "step 0");
+}
+
+/// Tensors of awkward sizes (1, not a multiple of 32, an empty one, one that spans more
+/// than the 4096 x 256 threads of the grid, so a thread's grid-stride loop crosses tensor
+/// boundaries), decay on and off.
+const TENSORS: &[(usize, bool)] = &[(1, true), (33, false), (0, true), (1000, true), (1_048_600, false), (77, true)];
+
+#[test]
+fn adamw_update_tensors_is_bit_identical_to_per_tensor_launches() {
+    let (lr, b1, b2, eps, wd) = (1e-3f32, 0.9f32, 0.999f32, 1e-8f32, 0.1f32);
+    // (norm, max_norm) per step: clipping active, inactive, off (max_norm 0)
+    let clips = [(2.7f32, 1.0f32), (0.3, 1.0), (5.0, 0.0)];
+    let n: usize = TENSORS.iter().map(|t| t.0).sum();
+    let (ends, decay) = adamw_table(TENSORS.iter().copied());
+    let mut rng = SplitMix64::new(11);
+    let p0 = to_f32(&rng.normal_vec(n, 1.0));
+    let mut failures = Vec::new();
+    for gpu in devices("adamw_update_tensors") {
+        let dev = gpu.name();
+        let run = || -> anyhow::Result<()> {
+            let (d_ends, d_decay) = (gpu.upload(&ends)?, gpu.upload(&decay)?);
+            // one: the fused launch; each: adamw_update per tensor
+            let (one, each) = ([gpu.upload(&p0)?, gpu.zeros(n)?, gpu.zeros(n)?], [gpu.upload(&p0)?, gpu.zeros(n)?, gpu.zeros(n)?]);
+            let (d_g, d_norm) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(1)?);
+            let mut rng = SplitMix64::new(12);
+            for (t, &(norm, max_norm)) in (1u64..).zip(&clips) {
+                let g = to_f32(&rng.normal_vec(n, 1.0));
+                gpu.write(&d_g, &g)?;
+                gpu.write(&d_norm, &[norm])?;
+                let gs = clip_scale(norm, max_norm);
+                let (mut p, mut m, mut v) = (to_f64(&gpu.download(&one[0])?), to_f64(&gpu.download(&one[1])?), to_f64(&gpu.download(&one[2])?));
+                reference::adamw_update_tensors(&mut p, &mut m, &mut v, &to_f64(&g), &ends, &decay, norm, max_norm, lr, b1, b2, eps, wd, t);
+                adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, max_norm, lr, b1, b2, eps, wd, t)?;
+                let mut start = 0;
+                for &(size, d) in TENSORS {
+                    let [p, m, v] = [0, 1, 2].map(|k| each[k].view(start, size));
+                    let wd = if d { wd } else { 0.0 };
+                    adamw_update(&gpu, &p, &m, &v, &d_g.view(start, size), lr, b1, b2, eps, wd, gs, t)?;
+                    start += size;
+                }
+                for (k, name, want) in [(0, "params", &p), (1, "m", &m), (2, "v", &v)] {
+                    let (got, per_tensor) = (gpu.download(&one[k])?, gpu.download(&each[k])?);
+                    let differ = got.iter().zip(&per_tensor).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    let (e, i) = max_rel_err(&got, want);
+                    println!("  {dev:<22} t={t} clip {gs} {name:<6} {differ} elements differ from per-tensor launches; max rel err vs f64 {e:.2e} (at {i})");
+                    anyhow::ensure!(differ == 0, "t={t} {name}: {differ} elements differ from per-tensor launches");
+                    anyhow::ensure!(e <= TOL, "t={t} {name}: max rel err {e:.2e} > {TOL:.0e}");
+                }
+            }
+            // a non-finite norm: nothing changes
+            let before = [gpu.download(&one[0])?, gpu.download(&one[1])?, gpu.download(&one[2])?];
+            gpu.write(&d_norm, &[f32::NAN])?;
+            adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, 1.0, lr, b1, b2, eps, wd, 9)?;
+            for (k, b) in before.iter().enumerate() {
+                anyhow::ensure!(gpu.download(&one[k])? == *b, "a NaN norm changed buffer {k}");
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            failures.push(format!("{dev}: {e:#}"));
+        }
+    }
+    assert!(failures.is_empty(), "adamw_update_tensors failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn adamw_update_tensors_rejects_bad_tables() {
+    let gpu = common::emu();
+    let a = gpu.zeros::<f32>(4).unwrap();
+    let (ends, two) = (gpu.upload(&[4u32]).unwrap(), gpu.upload(&[1u32, 1]).unwrap());
+    let none = gpu.zeros::<u32>(0).unwrap();
+    let many = gpu.zeros::<u32>(65).unwrap();
+    let norm = gpu.zeros::<f32>(1).unwrap();
+    let h = (1.0, 1e-3, 0.9, 0.999, 1e-8, 0.0); // max_norm, lr, betas, eps, weight decay
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &two, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "lengths differ");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &none, &none, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "empty table");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &many, &many, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "65 tensors");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 0).is_err(), "step 0");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &a, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "norm of 4");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_ok(), "valid");
 }

@@ -1,16 +1,20 @@
 //! attention_forward / attention_backward kernels vs the f64 CPU reference, on emu (both
 //! fiber orders) and on cuda when present.
 //!
-//! Tolerances (relative error, floor 1e-2 of the tensor's largest |value|, tests/common),
-//! each printed next to what the same CPU reference reaches when run in f32:
-//! - att 1e-5;
+//! The kernels are fused (flash-attention style: online softmax, the log-sum-exp lse saved
+//! per query, no (T,T) matrix); the reference computes the same out and lse through an
+//! explicit (L,L) softmax. Tolerances (relative error, floor 1e-2 of the tensor's largest
+//! |value|, tests/common), each printed next to what the same CPU reference reaches when
+//! run in f32:
+//! - lse 1e-5;
 //! - out 5e-5: out_i = sum_j p_ij v_j adds T terms of random sign, so it is ~1/sqrt(T) the
 //!   size of its terms, and the f32 rounding of each score (an absolute error that exp turns
 //!   into a relative error of p) shows up amplified; the f32 CPU reference itself reaches
 //!   3.3e-5 at T=512 (the kernel 3.0e-5);
 //! - dqkv 1e-4: ds_ij = p_ij (dp_ij - D_i) subtracts two f32 sums of T terms that nearly
 //!   cancel, and the kernel starts from its own f32 probabilities (as training does) where
-//!   the reference uses f64 ones (the f32 CPU reference reaches 4.2e-5).
+//!   the reference uses f64 ones (the f32 CPU reference reaches 4.2e-5). The backward
+//!   recomputes p from its own f32 out and lse, as training does.
 mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64, small_if_asked};
@@ -19,7 +23,7 @@ use cudaenc::ops::attention::{attention_backward, attention_forward};
 use cudaenc::reference::attention as reference;
 use cudaenc::rng::SplitMix64;
 
-const TOL_ATT: f64 = 1e-5;
+const TOL_LSE: f64 = 1e-5;
 const TOL_OUT: f64 = 5e-5;
 const TOL_BWD: f64 = 1e-4;
 
@@ -32,16 +36,19 @@ struct Shape {
 }
 
 /// The real shape (width 384, 6 heads of 64, length 512), and awkward ones: T = 1, T = 257
-/// (not a multiple of the 8-query tile nor the 32-key chunk), head sizes 10, 12, 1 and 128,
-/// a batch whose rows are all padding but one, len 0, len > T (clamped to T).
+/// (not a multiple of the 8-query tile nor the 32-key chunk), head sizes 6, 10, 12, 32, 1
+/// and 128, length-0 and length-1 reviews next to full ones, a batch whose rows are all
+/// padding but one, len > T (clamped to T).
 const SHAPES: &[Shape] = &[
     Shape { b: 1, t: 512, c: 384, nh: 6, lens: &[512] },
     Shape { b: 2, t: 257, c: 30, nh: 3, lens: &[257, 100] },
     Shape { b: 2, t: 1, c: 64, nh: 2, lens: &[1, 0] },
+    Shape { b: 3, t: 45, c: 18, nh: 3, lens: &[1, 45, 0] },
     Shape { b: 3, t: 40, c: 30, nh: 3, lens: &[0, 37, 0] },
     Shape { b: 2, t: 33, c: 12, nh: 1, lens: &[33, 5] },
     Shape { b: 2, t: 9, c: 3, nh: 3, lens: &[9, 2] },
     Shape { b: 2, t: 20, c: 256, nh: 2, lens: &[25, 7] },
+    Shape { b: 2, t: 70, c: 96, nh: 3, lens: &[70, 1] },
     Shape { b: 1, t: 70, c: 384, nh: 6, lens: &[0] },
 ];
 
@@ -64,20 +71,20 @@ fn run_shape(gpu: &Gpu, s: &Shape) -> anyhow::Result<Vec<String>> {
     let qkv = to_f32(&rng.normal_vec(b * t * 3 * c, 1.0));
     let dout = to_f32(&rng.normal_vec(b * t * c, 1.0));
 
-    let (mut out_r, mut att_r) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-    reference::attention_forward(&mut out_r, &mut att_r, &to_f64(&qkv), s.lens, b, t, c, nh);
+    let (mut out_r, mut lse_r) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    reference::attention_forward(&mut out_r, &mut lse_r, &to_f64(&qkv), s.lens, b, t, c, nh);
     let mut dqkv_r = vec![0.0; b * t * 3 * c];
-    reference::attention_backward(&mut dqkv_r, &to_f64(&dout), &to_f64(&qkv), &att_r, s.lens, b, t, c, nh);
+    reference::attention_backward(&mut dqkv_r, &to_f64(&dout), &to_f64(&qkv), &out_r, &lse_r, s.lens, b, t, c, nh);
 
     // baseline: the same reference run in f32 (what plain f32 arithmetic reaches)
-    let (mut out32, mut att32) = (vec![0.0f32; b * t * c], vec![0.0f32; b * nh * t * t]);
-    reference::attention_forward(&mut out32, &mut att32, &qkv, s.lens, b, t, c, nh);
+    let (mut out32, mut lse32) = (vec![0.0f32; b * t * c], vec![0.0f32; b * nh * t]);
+    reference::attention_forward(&mut out32, &mut lse32, &qkv, s.lens, b, t, c, nh);
     let mut dqkv32 = vec![0.0f32; b * t * 3 * c];
-    reference::attention_backward(&mut dqkv32, &dout, &qkv, &att32, s.lens, b, t, c, nh);
+    reference::attention_backward(&mut dqkv32, &dout, &qkv, &out32, &lse32, s.lens, b, t, c, nh);
     println!(
-        "  f32 CPU reference: out {:.2e} att {:.2e} dqkv {:.2e}",
+        "  f32 CPU reference: out {:.2e} lse {:.2e} dqkv {:.2e}",
         max_rel_err(&out32, &out_r).0,
-        max_rel_err(&att32, &att_r).0,
+        max_rel_err(&lse32, &lse_r).0,
         max_rel_err(&dqkv32, &dqkv_r).0
     );
 
@@ -86,23 +93,22 @@ fn run_shape(gpu: &Gpu, s: &Shape) -> anyhow::Result<Vec<String>> {
     let d_dout = gpu.upload(&dout)?;
     // outputs start as NaN: every element must be written (padding included)
     let d_out = gpu.upload(&vec![f32::NAN; b * t * c])?;
-    let d_att = gpu.upload(&vec![f32::NAN; b * nh * t * t])?;
+    let d_lse = gpu.upload(&vec![f32::NAN; b * nh * t])?;
     let d_dqkv = gpu.upload(&vec![f32::NAN; b * t * 3 * c])?;
-    attention_forward(gpu, &d_out, &d_att, &d_qkv, &d_lens, b, t, c, nh)?;
-    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_att, &d_lens, b, t, c, nh)?;
-    let (out, att, dqkv) = (gpu.download(&d_out)?, gpu.download(&d_att)?, gpu.download(&d_dqkv)?);
+    attention_forward(gpu, &d_out, &d_lse, &d_qkv, &d_lens, b, t, c, nh)?;
+    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_out, &d_lse, &d_lens, b, t, c, nh)?;
+    let (out, lse, dqkv) = (gpu.download(&d_out)?, gpu.download(&d_lse)?, gpu.download(&d_dqkv)?);
     let dev = gpu.name();
     let mut fails: Vec<String> = [
         check("out", &dev, s, &out, &out_r, TOL_OUT),
-        check("att", &dev, s, &att, &att_r, TOL_ATT),
+        check("lse", &dev, s, &lse, &lse_r, TOL_LSE),
         check("dqkv", &dev, s, &dqkv, &dqkv_r, TOL_BWD),
     ]
     .into_iter()
     .flatten()
     .collect();
 
-    // padding is exactly zero: out rows and dqkv rows of padded positions, att rows of
-    // padded queries and att columns of padded keys
+    // padding is exactly zero: out rows, dqkv rows and lse of padded positions
     for bi in 0..b {
         let len = (s.lens[bi] as usize).min(t);
         for ti in len..t {
@@ -113,24 +119,20 @@ fn run_shape(gpu: &Gpu, s: &Shape) -> anyhow::Result<Vec<String>> {
             }
         }
         for h in 0..nh {
-            for i in 0..t {
-                let row = &att[((bi * nh + h) * t + i) * t..((bi * nh + h) * t + i + 1) * t];
-                let from = if i < len { len } else { 0 };
-                if row[from..].iter().any(|&x| x != 0.0) {
-                    fails.push(format!("{dev} B={b} T={t} C={c}: att b={bi} h={h} i={i} not 0 beyond column {from}"));
-                }
+            if lse[(bi * nh + h) * t + len..(bi * nh + h + 1) * t].iter().any(|&x| x != 0.0) {
+                fails.push(format!("{dev} B={b} T={t} C={c}: lse of padded queries b={bi} h={h} not 0"));
             }
         }
     }
 
     // determinism: reruns from NaN-filled outputs are bit-identical
     gpu.write(&d_out, &vec![f32::NAN; b * t * c])?;
-    gpu.write(&d_att, &vec![f32::NAN; b * nh * t * t])?;
+    gpu.write(&d_lse, &vec![f32::NAN; b * nh * t])?;
     gpu.write(&d_dqkv, &vec![f32::NAN; b * t * 3 * c])?;
-    attention_forward(gpu, &d_out, &d_att, &d_qkv, &d_lens, b, t, c, nh)?;
-    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_att, &d_lens, b, t, c, nh)?;
+    attention_forward(gpu, &d_out, &d_lse, &d_qkv, &d_lens, b, t, c, nh)?;
+    attention_backward(gpu, &d_dqkv, &d_dout, &d_qkv, &d_out, &d_lse, &d_lens, b, t, c, nh)?;
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-    if !same(&gpu.download(&d_out)?, &out) || !same(&gpu.download(&d_att)?, &att) {
+    if !same(&gpu.download(&d_out)?, &out) || !same(&gpu.download(&d_lse)?, &lse) {
         fails.push(format!("{dev} B={b} T={t} C={c}: forward differs on rerun"));
     }
     if !same(&gpu.download(&d_dqkv)?, &dqkv) {
@@ -161,14 +163,13 @@ fn attention_rejects_wrong_shapes() {
     let (b, t, c, nh) = (1, 5, 8, 2);
     let x = gpu.zeros::<f32>(b * t * 3 * c).unwrap();
     let o = gpu.zeros::<f32>(b * t * c).unwrap();
-    let att = gpu.zeros::<f32>(b * nh * t * t).unwrap();
+    let lse = gpu.zeros::<f32>(b * nh * t).unwrap();
     let lens = gpu.upload(&[5u32]).unwrap();
-    assert!(attention_forward(&gpu, &o, &att, &x, &lens, b, t, c, 3).is_err(), "C not a multiple of NH");
-    assert!(attention_forward(&gpu, &o, &o, &x, &lens, b, t, c, nh).is_err(), "att too short");
-    assert!(attention_backward(&gpu, &o, &o, &x, &att, &lens, b, t, c, nh).is_err(), "dqkv too short");
-    // T so long that the scores row no longer fits 48 KiB of shared memory
-    let t = 2000;
-    let r = attention_forward(&gpu, &gpu.zeros::<f32>(t * c).unwrap(), &gpu.zeros::<f32>(nh * t * t).unwrap(),
-        &gpu.zeros::<f32>(t * 3 * c).unwrap(), &lens, 1, t, c, nh);
-    assert!(format!("{:#}", r.expect_err("too long")).contains("shared memory"));
+    assert!(attention_forward(&gpu, &o, &lse, &x, &lens, b, t, c, 3).is_err(), "C not a multiple of NH");
+    assert!(attention_forward(&gpu, &o, &o, &x, &lens, b, t, c, nh).is_err(), "lse of the wrong length");
+    assert!(attention_backward(&gpu, &o, &o, &x, &o, &lse, &lens, b, t, c, nh).is_err(), "dqkv too short");
+    assert!(attention_backward(&gpu, &x, &o, &x, &x, &lse, &lens, b, t, c, nh).is_err(), "out too long");
+    let wide = gpu.zeros::<f32>(3 * 129).unwrap();
+    let r = attention_forward(&gpu, &gpu.zeros::<f32>(129).unwrap(), &gpu.zeros::<f32>(1).unwrap(), &wide, &lens, 1, 1, 129, 1);
+    assert!(format!("{:#}", r.expect_err("head too wide")).contains("head size 129"));
 }

@@ -16,37 +16,36 @@ use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::device::{Buf, Gpu, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
-use crate::ops::adamw::adamw_update;
+use crate::ops::adamw::{adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
 use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
-use crate::ops::loss::{sigmoid_bce_backward, sigmoid_bce_forward, softmax_ce_backward, softmax_ce_forward};
+use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_launch, softmax_ce_backward, softmax_ce_forward_launch};
+use crate::ops::steptotals::step_totals_add;
 use crate::ops::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
 use crate::ops::residual::residual_forward;
 use crate::reference::embedding::embedding_backward_order;
-use crate::reference::engine::predicted_label;
-use crate::reference::gradnorm::clip_scale;
 use crate::reference::model::DropoutSeeds;
-use crate::train::engine::{Engine, StepStats};
+use crate::train::engine::{Engine, StepStats, StepTotals, STEP_TOTALS_SLOTS};
 
-/// Capacity of the activation buffers: rows N = B*T, reviews B, attention B*NH*T*T.
+/// Capacity of the activation buffers: rows N = B*T, reviews B, attention log-sum-exp B*NH*T.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Cap {
     n: usize,
     b: usize,
-    att: usize,
+    lse: usize,
 }
 
 impl Cap {
     fn covers(&self, need: &Cap) -> bool {
-        self.n >= need.n && self.b >= need.b && self.att >= need.att
+        self.n >= need.n && self.b >= need.b && self.lse >= need.lse
     }
     fn max(&self, o: &Cap) -> Cap {
-        Cap { n: self.n.max(o.n), b: self.b.max(o.b), att: self.att.max(o.att) }
+        Cap { n: self.n.max(o.n), b: self.b.max(o.b), lse: self.lse.max(o.lse) }
     }
 }
 
@@ -60,7 +59,7 @@ struct Acts {
     ln1_mean: Buf<f32>,    // (L,B,T)
     ln1_rstd: Buf<f32>,    // (L,B,T)
     qkv: Buf<f32>,         // (L,B,T,3C)
-    att: Buf<f32>,         // (L,B,NH,T,T)
+    lse: Buf<f32>,         // (L,B,NH,T) attention log-sum-exp per query
     atty: Buf<f32>,        // (L,B,T,C)
     res_attn: Buf<f32>,    // (L,B,T,C)
     ln2: Buf<f32>,         // (L,B,T,C)
@@ -98,7 +97,7 @@ struct Acts {
 impl Acts {
     fn new(gpu: &Gpu, cfg: &ModelConfig, cap: Cap) -> Result<Acts> {
         let (c, f, l, k) = (cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.loss.outputs());
-        let Cap { n, b, att } = cap;
+        let Cap { n, b, lse } = cap;
         let z = |len: usize| gpu.zeros::<f32>(len);
         Ok(Acts {
             emb: z(n * c)?,
@@ -107,7 +106,7 @@ impl Acts {
             ln1_mean: z(l * n)?,
             ln1_rstd: z(l * n)?,
             qkv: z(l * n * 3 * c)?,
-            att: z(l * att)?,
+            lse: z(l * lse)?,
             atty: z(l * n * c)?,
             res_attn: z(l * n * c)?,
             ln2: z(l * n * c)?,
@@ -176,6 +175,9 @@ pub struct GpuModel {
     seeds: Option<DropoutSeeds>,
     norm: Buf<f32>,
     norm_scratch: Buf<f32>,
+    /// AdamW's per-tensor table (`ops::adamw::adamw_table` of the layout), uploaded once.
+    adamw_ends: Buf<u32>,
+    adamw_decay: Buf<u32>,
     /// Workspace of the split weight-gradient reductions (matmul_backward and
     /// layernorm_backward partial sums), shared by every backward launch (one stream, one
     /// launch at a time); sized by `backward_scratch_len` for the largest batch so far.
@@ -205,6 +207,8 @@ impl GpuModel {
         cfg.validate()?;
         let layout = ParamLayout::new(cfg);
         ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
+        let (ends, decay) = adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
+        ensure!(layout.tensors.iter().enumerate().all(|(i, t)| t.offset + t.size == ends[i] as usize), "tensors are not contiguous in layout order");
         Ok(GpuModel {
             cfg: cfg.clone(),
             params: gpu.upload(params)?,
@@ -222,6 +226,8 @@ impl GpuModel {
             seeds: None,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
+            adamw_ends: gpu.upload(&ends)?,
+            adamw_decay: gpu.upload(&decay)?,
             bwd_scratch: gpu.zeros(0)?,
         })
     }
@@ -252,7 +258,7 @@ impl GpuModel {
             anyhow::bail!("token id {id} is outside the vocabulary ({})", self.cfg.vocab);
         }
         ensure!(batch.labels.iter().all(|&y| y <= 1), "labels must be 0 or 1");
-        let need = Cap { n: b * t, b, att: b * self.cfg.n_head * t * t };
+        let need = Cap { n: b * t, b, lse: b * self.cfg.n_head * t };
         if self.acts.is_none() || !self.cap.covers(&need) {
             let cap = self.cap.max(&need);
             self.acts = None; // free the old buffers first
@@ -280,10 +286,17 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Forward pass; returns the mean loss over the batch (the loss launcher downloads
-    /// the per-review losses, so this waits for the device). `dropout`: the step's seeds
-    /// (training) or None (evaluation: no dropout). Labels are read only for the loss.
+    /// Forward pass; returns the mean loss over the batch (downloads the per-review losses,
+    /// so this waits for the device). `dropout`: the step's seeds (training) or None
+    /// (evaluation: no dropout). Labels are read only for the loss.
     pub fn forward(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<f32> {
+        self.forward_launch(gpu, batch, dropout)?;
+        mean_loss(gpu, &head(&self.acts.as_ref().expect("forward launched").losses, self.b), self.b)
+    }
+
+    /// The forward pass up to the per-review losses and probabilities, without reading
+    /// anything back (the batch upload is the only wait).
+    pub fn forward_launch(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<()> {
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
         if let Some(s) = dropout {
             ensure!(s.0.len() == 1 + 2 * nl, "one dropout seed per site");
@@ -294,7 +307,7 @@ impl GpuModel {
         let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| dropout.map(f).unwrap_or(0);
         let (b, t) = (self.b, self.t);
         let n = b * t; // rows of every per-token matrix
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let w = &self.params;
         let (ids, lens, labels) = (head(&a.ids, n), head(&a.lens, b), head(&a.labels, b));
@@ -310,7 +323,7 @@ impl GpuModel {
             let qkv = layer(&a.qkv, l, n3c); //                                      (B,T,3C)
             matmul_forward(gpu, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
             let atty = layer(&a.atty, l, nc); //                                     (B,T,C)
-            attention_forward(gpu, &atty, &layer(&a.att, l, natt), &qkv, &lens, b, t, c, nh)?;
+            attention_forward(gpu, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
             matmul_forward(gpu, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
             dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.attn(l)), p)?;
             let res_attn = layer(&a.res_attn, l, nc); //                             (B,T,C)
@@ -334,8 +347,8 @@ impl GpuModel {
         matmul_forward(gpu, &logits, &pooled, &self.pv(w, idx::HEAD_W), Some(&self.pv(w, idx::HEAD_B)), b, c, k)?; // (B,K)
         let (losses, probs) = (head(&a.losses, b), head(&a.probs, b * k));
         match self.cfg.loss {
-            Loss::Ce => softmax_ce_forward(gpu, &losses, &probs, &logits, &labels, b, k, self.label_smoothing),
-            Loss::Bce => sigmoid_bce_forward(gpu, &losses, &probs, &logits, &labels, b, self.label_smoothing),
+            Loss::Ce => softmax_ce_forward_launch(gpu, &losses, &probs, &logits, &labels, b, k, self.label_smoothing),
+            Loss::Bce => sigmoid_bce_forward_launch(gpu, &losses, &probs, &logits, &labels, b, self.label_smoothing),
         }
     }
 
@@ -349,7 +362,7 @@ impl GpuModel {
         let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| seeds.as_ref().map(f).unwrap_or(0);
         let (b, t) = (self.b, self.t);
         let n = b * t;
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let (w, g) = (&self.params, &self.grads);
         let ws = &self.bwd_scratch;
@@ -379,7 +392,7 @@ impl GpuModel {
             // res_attn = x + dropout(y)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
             matmul_backward(gpu, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
-            attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.att, l, natt), &lens, b, t, c, nh)?; // (B,T,3C)
+            attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward(gpu, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
@@ -395,15 +408,26 @@ impl GpuModel {
         Ok(gpu.download(&self.norm)?[0])
     }
 
-    /// AdamW on every tensor (weight decay where the layout says), with the clip factor
-    /// `grad_scale` folded into the read of the gradients. `step` is 1-based.
-    pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, grad_scale: f32, step: u64) -> Result<()> {
-        for (i, t) in self.layout.tensors.iter().enumerate() {
-            let wd = if t.decay { o.weight_decay } else { 0.0 };
-            let (p, m, v, g) = (self.pv(&self.params, i), self.pv(&self.m, i), self.pv(&self.v, i), self.pv(&self.grads, i));
-            adamw_update(gpu, &p, &m, &v, &g, lr, o.beta1, o.beta2, o.eps, wd, grad_scale, step)?;
-        }
-        Ok(())
+    /// AdamW on every tensor (weight decay where the layout says) in one launch over the
+    /// whole parameter buffer, with the clip factor for `o.grad_clip` computed on the
+    /// device from the norm of the last `grad_norm` / `launch_grad_norm` and folded into
+    /// the read of the gradients; a non-finite norm skips the update. `step` is 1-based.
+    pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, step: u64) -> Result<()> {
+        let (ends, decay, norm) = (&self.adamw_ends, &self.adamw_decay, &self.norm);
+        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, norm, o.grad_clip, lr, o.beta1, o.beta2, o.eps, o.weight_decay, step)
+    }
+
+    /// Global L2 norm of the gradients into device memory (no wait).
+    pub fn launch_grad_norm(&self, gpu: &Gpu) -> Result<()> {
+        global_norm(gpu, &self.norm, &self.norm_scratch, &self.grads)
+    }
+
+    /// totals (`train::engine::StepTotals` slots) += the last forward's loss and accuracy
+    /// and the last gradient norm (no wait).
+    pub fn add_step_totals(&self, gpu: &Gpu, totals: &Buf<f64>, step: u64) -> Result<()> {
+        let a = self.acts.as_ref().expect("forward first");
+        let (b, k) = (self.b, self.cfg.loss.outputs());
+        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &head(&a.labels, b), &self.norm, b, k, step)
     }
 
     /// Per-review losses of the last forward (B).
@@ -431,6 +455,10 @@ pub struct GpuEngine {
     pub optim: OptimConfig,
     /// Dropout seeds derive from it: `rng::derive_seed(run_seed, step, site)`.
     pub run_seed: u64,
+    /// Device totals of the steps queued since the last `flush_totals`, and scratch
+    /// totals for one `train_step` (`StepTotals` slots).
+    queued: Buf<f64>,
+    one_step: Buf<f64>,
 }
 
 impl GpuEngine {
@@ -438,34 +466,52 @@ impl GpuEngine {
     pub fn new(gpu: Gpu, cfg: &ModelConfig, optim: &OptimConfig, init_seed: u64, run_seed: u64) -> Result<Self> {
         let mut model = GpuModel::new(&gpu, cfg, &init_params(cfg, init_seed))?;
         model.label_smoothing = optim.label_smoothing;
-        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed })
+        let (queued, one_step) = (gpu.zeros(STEP_TOTALS_SLOTS)?, gpu.zeros(STEP_TOTALS_SLOTS)?);
+        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed, queued, one_step })
     }
 
     /// The gradients of the last `train_step`, before the clip factor.
     pub fn grads(&self) -> Result<Vec<f32>> {
         self.gpu.download(&self.model.grads)
     }
+
+    /// One step, launched: forward, backward, norm, the statistics added on the device to
+    /// `one_step` (for `train_step`) or else to `queued`, AdamW with the clip factor
+    /// computed on the device (skipped if the norm is not finite). Waits only for the
+    /// batch upload.
+    fn launch_step(&mut self, one_step: bool, batch: &Batch, lr: f32, step: u64) -> Result<()> {
+        ensure!(step >= 1, "optimizer steps are 1-based");
+        let (gpu, model, optim) = (&self.gpu, &mut self.model, &self.optim);
+        let totals = if one_step { &self.one_step } else { &self.queued };
+        let seeds = DropoutSeeds::for_step(self.run_seed, step, model.cfg.n_layer);
+        model.zero_grad(gpu)?;
+        model.forward_launch(gpu, batch, Some(&seeds))?;
+        model.backward(gpu)?;
+        model.launch_grad_norm(gpu)?;
+        model.add_step_totals(gpu, totals, step)?;
+        model.update(gpu, optim, lr, step)
+    }
 }
 
 impl Engine for GpuEngine {
     fn train_step(&mut self, batch: &Batch, lr: f32, step: u64) -> Result<StepStats> {
-        ensure!(step >= 1, "optimizer steps are 1-based");
-        let (gpu, model) = (&self.gpu, &mut self.model);
-        let seeds = DropoutSeeds::for_step(self.run_seed, step, model.cfg.n_layer);
-        model.zero_grad(gpu)?;
-        let loss = model.forward(gpu, batch, Some(&seeds))?;
-        model.backward(gpu)?;
-        let grad_norm = model.grad_norm(gpu)?; // waits for the backward
-        let correct = model
-            .positive_probs(gpu)?
-            .iter()
-            .zip(&batch.labels)
-            .filter(|(&p, &y)| predicted_label(p) == y)
-            .count();
-        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {loss})");
-        let scale = clip_scale(grad_norm, self.optim.grad_clip);
-        model.update(gpu, &self.optim, lr, scale, step)?;
-        Ok(StepStats { loss, grad_norm, correct })
+        self.gpu.zero(&self.one_step)?;
+        self.launch_step(true, batch, lr, step)?;
+        let t = StepTotals::from_slots(&self.gpu.download(&self.one_step)?);
+        let grad_norm = self.gpu.download(&self.model.norm)?[0];
+        // mean x B in f64 divided by B gives the f32 mean back exactly (B < 2^29)
+        let loss = if t.reviews > 0 { (t.loss_sum / t.reviews as f64) as f32 } else { 0.0 };
+        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {loss}); the update was skipped");
+        Ok(StepStats { loss, grad_norm, correct: t.correct })
+    }
+
+    fn queue_step(&mut self, batch: &Batch, lr: f32, step: u64, _totals: &mut StepTotals) -> Result<()> {
+        self.launch_step(false, batch, lr, step)
+    }
+
+    fn flush_totals(&mut self, totals: &mut StepTotals) -> Result<()> {
+        totals.add(&StepTotals::from_slots(&self.gpu.download(&self.queued)?));
+        self.gpu.zero(&self.queued)
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<f32>> {

@@ -41,15 +41,36 @@ pub fn softmax_ce_forward(
     k: usize,
     eps: f32,
 ) -> Result<f32> {
+    softmax_ce_forward_launch(gpu, losses, probs, logits, labels, b, k, eps)?;
+    mean_of(gpu, losses, b)
+}
+
+/// `softmax_ce_forward` without the mean: launch only (no download, no synchronization).
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, in its order
+pub fn softmax_ce_forward_launch(
+    gpu: &Gpu,
+    losses: &impl DeviceSlice<f32>,
+    probs: &impl DeviceSlice<f32>,
+    logits: &impl DeviceSlice<f32>,
+    labels: &impl DeviceSlice<u8>,
+    b: usize,
+    k: usize,
+    eps: f32,
+) -> Result<()> {
     check_smoothing("softmax_ce_forward", eps)?;
     ensure!(logits.len() == b * k && probs.len() == b * k, "softmax_ce_forward: logits/probs must be B*K = {}", b * k);
     ensure!(losses.len() == b && labels.len() == b, "softmax_ce_forward: losses/labels must have B = {b} entries");
     ensure!(k >= 1, "softmax_ce_forward: K must be >= 1");
     if b == 0 {
-        return Ok(0.0);
+        return Ok(());
     }
     let args: [Arg; 7] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), k.into(), eps.into()];
-    gpu.launch("softmax_ce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)?;
+    gpu.launch("softmax_ce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)
+}
+
+/// The mean of per-review losses (B) as the forward launchers return it: downloaded
+/// (waits for the device), summed in review order in f32.
+pub fn mean_loss(gpu: &Gpu, losses: &impl DeviceSlice<f32>, b: usize) -> Result<f32> {
     mean_of(gpu, losses, b)
 }
 
@@ -85,17 +106,30 @@ pub fn sigmoid_bce_forward(
     b: usize,
     eps: f32,
 ) -> Result<f32> {
+    sigmoid_bce_forward_launch(gpu, losses, probs, logits, labels, b, eps)?;
+    mean_of(gpu, losses, b)
+}
+
+/// `sigmoid_bce_forward` without the mean: launch only (no download, no synchronization).
+pub fn sigmoid_bce_forward_launch(
+    gpu: &Gpu,
+    losses: &impl DeviceSlice<f32>,
+    probs: &impl DeviceSlice<f32>,
+    logits: &impl DeviceSlice<f32>,
+    labels: &impl DeviceSlice<u8>,
+    b: usize,
+    eps: f32,
+) -> Result<()> {
     check_smoothing("sigmoid_bce_forward", eps)?;
     ensure!(
         logits.len() == b && probs.len() == b && losses.len() == b && labels.len() == b,
         "sigmoid_bce_forward: losses/probs/logits/labels must have B = {b} entries"
     );
     if b == 0 {
-        return Ok(0.0);
+        return Ok(());
     }
     let args: [Arg; 6] = [losses.arg(), probs.arg(), logits.arg(), labels.arg(), b.into(), eps.into()];
-    gpu.launch("sigmoid_bce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)?;
-    mean_of(gpu, losses, b)
+    gpu.launch("sigmoid_bce_forward", ceil_div(b, BLOCK), BLOCK as u32, 0, &args)
 }
 
 /// dlogits (B) =  <-  probs (B), labels (B), target smoothing `eps`: gradient of the mean

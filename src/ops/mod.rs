@@ -21,3 +21,4 @@ pub(crate) fn elementwise_grid(n: usize) -> usize {
 }
 pub mod loss;
 pub mod meanpool;
+pub mod steptotals;

@@ -45,6 +45,42 @@ pub fn adamw_update<T: Float>(
     }
 }
 
+/// AdamW over a whole buffer of tensors: tensor k covers [ends[k-1], ends[k]) and
+/// decays with `weight_decay` if decay[k] != 0, else not (the table of
+/// `ops::adamw::adamw_table`): `adamw_update` per tensor with the clip factor
+/// `gradnorm::clip_scale(norm, max_norm)`; a non-finite norm changes nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_tensors<T: Float>(
+    params: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    grads: &[T],
+    ends: &[u32],
+    decay: &[u32],
+    norm: f32,
+    max_norm: f32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    t: u64,
+) {
+    assert_eq!(ends.len(), decay.len());
+    if !norm.is_finite() {
+        return;
+    }
+    let grad_scale = super::gradnorm::clip_scale(norm, max_norm);
+    assert_eq!(ends.last().map_or(0, |&e| e as usize), params.len(), "the table covers the buffer");
+    let mut start = 0;
+    for (&end, &d) in ends.iter().zip(decay) {
+        let r = start..end as usize;
+        let wd = if d != 0 { weight_decay } else { 0.0 };
+        adamw_update(&mut params[r.clone()], &mut m[r.clone()], &mut v[r.clone()], &grads[r], lr, beta1, beta2, eps, wd, grad_scale, t);
+        start = end as usize;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,22 +3,25 @@
 //!
 //! q, k, v are the column blocks [0,C), [C,2C), [2C,3C) of qkv (B,T,3C); head h uses
 //! columns h*HS .. (h+1)*HS of each block, HS = C / NH. For review b with L = lens[b]:
-//! for every query i < L, p = softmax_j<L (q_i . k_j / sqrt(HS)), out_i = sum_j p_j v_j.
-//! Keys j >= L are masked out. Rows of padded queries (i >= L) are exactly 0, their
-//! `att` rows are 0, and they pass no gradient; L = 0 gives all zeros and no NaN.
+//! for every query i < L, s_ij = q_i . k_j / sqrt(HS), p = softmax_j<L (s_ij),
+//! out_i = sum_j p_j v_j. Keys j >= L are masked out. The forward saves the log-sum-exp
+//! lse_i = log sum_j<L exp(s_ij) (B,NH,T) instead of the probabilities; the backward
+//! recomputes p_ij = exp(s_ij - lse_i). Rows of padded queries (i >= L) are exactly 0,
+//! their lse is 0, and they pass no gradient; L = 0 gives all zeros and no NaN.
 //! No dropout on the attention probabilities. Parallel over the batch (rayon).
 
 use rayon::prelude::*;
 
 use super::{gemm, Float};
 
-/// out (B,T,C), att (B,NH,T,T) saved probabilities  <-  qkv (B,T,3C), lens (B).
-/// Per (review, head): scores = scale * Q K^T and out = P V are two GEMMs over the valid
-/// block (L x HS)(HS x L) and (L x L)(L x HS), read in place from qkv with its strides.
+/// out (B,T,C), lse (B,NH,T) log-sum-exp of each query's scaled scores  <-  qkv (B,T,3C),
+/// lens (B). Per (review, head): scores = scale * Q K^T and out = P V are two GEMMs over
+/// the valid block (L x HS)(HS x L) and (L x L)(L x HS), read in place from qkv with its
+/// strides, through an (L, L) scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<T: Float>(
     out: &mut [T],
-    att: &mut [T],
+    lse: &mut [T],
     qkv: &[T],
     lens: &[u32],
     b: usize,
@@ -27,7 +30,7 @@ pub fn attention_forward<T: Float>(
     nh: usize,
 ) {
     assert_eq!(out.len(), b * t * c);
-    assert_eq!(att.len(), b * nh * t * t);
+    assert_eq!(lse.len(), b * nh * t);
     assert_eq!(qkv.len(), b * t * 3 * c);
     assert_eq!(lens.len(), b);
     assert!(c % nh == 0, "C must be a multiple of NH");
@@ -38,33 +41,50 @@ pub fn attention_forward<T: Float>(
     }
     let c3 = 3 * c;
     out.par_chunks_mut(t * c)
-        .zip(att.par_chunks_mut(nh * t * t))
+        .zip(lse.par_chunks_mut(nh * t))
         .enumerate()
-        .for_each(|(bi, (out_b, att_b))| {
+        .for_each_init(Vec::new, |p, (bi, (out_b, lse_b))| {
             let qkv_b = &qkv[bi * t * c3..(bi + 1) * t * c3];
             let len = (lens[bi] as usize).min(t);
             out_b.fill(T::zero());
-            att_b.fill(T::zero());
+            lse_b.fill(T::zero());
+            if len == 0 {
+                return;
+            }
+            p.clear();
+            p.resize(len * len, T::zero()); // (L, L) scores, then probabilities
             for h in 0..nh {
-                let att_h = &mut att_b[h * t * t..(h + 1) * t * t];
                 let (q, k, v) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &qkv_b[2 * c + h * hs..]);
-                // scores (L, L) = scale * q (L, HS) @ k^T (HS, L), rows of att_h with stride T
-                gemm(len, hs, len, scale, q, (c3, 1), k, (1, c3), T::zero(), att_h, (t, 1));
-                for row in att_h.chunks_exact_mut(t).take(len) {
-                    softmax_in_place(&mut row[..len]);
+                // scores (L, L) = scale * q (L, HS) @ k^T (HS, L)
+                gemm(len, hs, len, scale, q, (c3, 1), k, (1, c3), T::zero(), p, (len, 1));
+                for (row, l) in p.chunks_exact_mut(len).zip(&mut lse_b[h * t..h * t + len]) {
+                    *l = softmax_in_place(row);
                 }
                 // out (L, HS) = p (L, L) @ v (L, HS)
-                gemm(len, len, hs, T::one(), att_h, (t, 1), v, (c3, 1), T::zero(), &mut out_b[h * hs..], (c, 1));
+                gemm(len, len, hs, T::one(), p, (len, 1), v, (c3, 1), T::zero(), &mut out_b[h * hs..], (c, 1));
             }
         });
 }
 
-/// A stable softmax of one row of scores, in place.
-fn softmax_in_place<T: Float>(row: &mut [T]) {
+/// p_ij = exp(s_ij - lse_i) for the valid block of one (review, head), into `p` (L, L):
+/// the probabilities of the forward, recomputed from q, k and the saved log-sum-exp.
+#[allow(clippy::too_many_arguments)]
+fn recompute_probabilities<T: Float>(p: &mut [T], q: &[T], k: &[T], lse: &[T], len: usize, hs: usize, c3: usize, scale: T) {
+    gemm(len, hs, len, scale, q, (c3, 1), k, (1, c3), T::zero(), p, (len, 1));
+    for (row, &l) in p.chunks_exact_mut(len).zip(lse) {
+        row.iter_mut().for_each(|s| *s = (*s - l).fast_exp());
+    }
+}
+
+/// A stable softmax of one (non-empty) row of scores, in place; returns the row's
+/// log-sum-exp.
+fn softmax_in_place<T: Float>(row: &mut [T]) -> T {
     let maxv = max_lanes(row);
     row.iter_mut().for_each(|r| *r = (*r - maxv).fast_exp()); // vectorizes for f32
-    let inv = T::one() / dot_lanes(row, None);
+    let sum = dot_lanes(row, None);
+    let inv = T::one() / sum;
     row.iter_mut().for_each(|r| *r *= inv);
+    maxv + sum.ln()
 }
 
 /// Lanes of the reductions below: independent accumulators the compiler can vectorize.
@@ -111,17 +131,18 @@ fn dot_lanes<T: Float>(x: &[T], y: Option<&[T]>) -> T {
     acc.iter().copied().sum()
 }
 
-/// dqkv (B,T,3C) =  <-  dout (B,T,C), qkv (B,T,3C), att (B,NH,T,T), lens (B).
-/// Padded positions get dqkv = 0 (as queries they output nothing; as keys they are masked).
-/// Per (review, head), with P the saved probabilities over the valid block:
-/// dP = dO V^T, dV = P^T dO, dS = P * (dP - rowsum(P * dP)) * scale, dQ = dS K, dK = dS^T Q
-/// (four GEMMs and one elementwise pass).
+/// dqkv (B,T,3C)  <-  dout (B,T,C), qkv (B,T,3C), out (B,T,C) and lse (B,NH,T) of the
+/// forward, lens (B). Padded positions get dqkv = 0 (as queries they output nothing; as
+/// keys they are masked). Per (review, head), with P recomputed from the scores and lse
+/// over the valid block: dP = dO V^T, dV = P^T dO, D_i = dO_i . O_i (= rowsum(P * dP)),
+/// dS = P * (dP - D) * scale, dQ = dS K, dK = dS^T Q (five GEMMs and two elementwise passes).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dqkv: &mut [T],
     dout: &[T],
     qkv: &[T],
-    att: &[T],
+    out: &[T],
+    lse: &[T],
     lens: &[u32],
     b: usize,
     t: usize,
@@ -130,45 +151,51 @@ pub fn attention_backward<T: Float>(
 ) {
     assert_eq!(dqkv.len(), b * t * 3 * c);
     assert_eq!(dout.len(), b * t * c);
-    assert_eq!(att.len(), b * nh * t * t);
+    assert_eq!(out.len(), b * t * c);
+    assert_eq!(lse.len(), b * nh * t);
     let hs = c / nh;
     let scale = T::of(1.0 / (hs as f64).sqrt());
     if b == 0 || t == 0 || c == 0 {
         return;
     }
     let c3 = 3 * c;
-    dqkv.par_chunks_mut(t * c3).enumerate().for_each_init(Vec::new, |ds, (bi, dqkv_b)| {
-        let qkv_b = &qkv[bi * t * c3..(bi + 1) * t * c3];
-        let dout_b = &dout[bi * t * c..(bi + 1) * t * c];
-        let att_b = &att[bi * nh * t * t..(bi + 1) * nh * t * t];
-        let len = (lens[bi] as usize).min(t);
-        dqkv_b.fill(T::zero());
-        if len == 0 {
-            return;
-        }
-        ds.clear();
-        ds.resize(len * len, T::zero()); // (L, L) scratch: dP, then dS in place
-        for h in 0..nh {
-            let p = &att_b[h * t * t..(h + 1) * t * t]; // rows with stride T
-            let d_o = &dout_b[h * hs..];
-            let (q, k, v) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &qkv_b[2 * c + h * hs..]);
-            // dP (L, L) = dO (L, HS) @ v^T (HS, L)
-            gemm(len, hs, len, T::one(), d_o, (c, 1), v, (1, c3), T::zero(), ds, (len, 1));
-            // dV (L, HS) = p^T (L, L) @ dO (L, HS)
-            gemm(len, len, hs, T::one(), p, (1, t), d_o, (c, 1), T::zero(), &mut dqkv_b[2 * c + h * hs..], (c3, 1));
-            // softmax backward, times the score scale
-            for (ds_row, p_row) in ds.chunks_exact_mut(len).zip(p.chunks_exact(t)) {
-                let p_row = &p_row[..len];
-                let pdp = dot_lanes(p_row, Some(ds_row));
-                for (d, &pj) in ds_row.iter_mut().zip(p_row) {
-                    *d = pj * (*d - pdp) * scale;
-                }
+    dqkv.par_chunks_mut(t * c3).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(p, ds), (bi, dqkv_b)| {
+            let qkv_b = &qkv[bi * t * c3..(bi + 1) * t * c3];
+            let dout_b = &dout[bi * t * c..(bi + 1) * t * c];
+            let out_b = &out[bi * t * c..(bi + 1) * t * c];
+            let lse_b = &lse[bi * nh * t..(bi + 1) * nh * t];
+            let len = (lens[bi] as usize).min(t);
+            dqkv_b.fill(T::zero());
+            if len == 0 {
+                return;
             }
-            // dQ (L, HS) = dS (L, L) @ k (L, HS);  dK (L, HS) = dS^T (L, L) @ q (L, HS)
-            gemm(len, len, hs, T::one(), ds, (len, 1), k, (c3, 1), T::zero(), &mut dqkv_b[h * hs..], (c3, 1));
-            gemm(len, len, hs, T::one(), ds, (1, len), q, (c3, 1), T::zero(), &mut dqkv_b[c + h * hs..], (c3, 1));
-        }
-    });
+            p.clear();
+            p.resize(len * len, T::zero()); // (L, L) scratch: P
+            ds.clear();
+            ds.resize(len * len, T::zero()); // (L, L) scratch: dP, then dS in place
+            for h in 0..nh {
+                let (d_o, o) = (&dout_b[h * hs..], &out_b[h * hs..]);
+                let (q, k, v) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &qkv_b[2 * c + h * hs..]);
+                recompute_probabilities(p, q, k, &lse_b[h * t..h * t + len], len, hs, c3, scale);
+                // dP (L, L) = dO (L, HS) @ v^T (HS, L)
+                gemm(len, hs, len, T::one(), d_o, (c, 1), v, (1, c3), T::zero(), ds, (len, 1));
+                // dV (L, HS) = p^T (L, L) @ dO (L, HS)
+                gemm(len, len, hs, T::one(), p, (1, len), d_o, (c, 1), T::zero(), &mut dqkv_b[2 * c + h * hs..], (c3, 1));
+                // softmax backward, times the score scale
+                for (i, (ds_row, p_row)) in ds.chunks_exact_mut(len).zip(p.chunks_exact(len)).enumerate() {
+                    let delta = dot_lanes(&d_o[i * c..i * c + hs], Some(&o[i * c..i * c + hs]));
+                    for (d, &pj) in ds_row.iter_mut().zip(p_row) {
+                        *d = pj * (*d - delta) * scale;
+                    }
+                }
+                // dQ (L, HS) = dS (L, L) @ k (L, HS);  dK (L, HS) = dS^T (L, L) @ q (L, HS)
+                gemm(len, len, hs, T::one(), ds, (len, 1), k, (c3, 1), T::zero(), &mut dqkv_b[h * hs..], (c3, 1));
+                gemm(len, len, hs, T::one(), ds, (1, len), q, (c3, 1), T::zero(), &mut dqkv_b[c + h * hs..], (c3, 1));
+            }
+        },
+    );
 }
 
 #[cfg(test)]
@@ -178,9 +205,9 @@ mod tests {
 
     fn run(qkv: &[f64], lens: &[u32], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
         let mut out = vec![f64::NAN; b * t * c];
-        let mut att = vec![f64::NAN; b * nh * t * t];
-        attention_forward(&mut out, &mut att, qkv, lens, b, t, c, nh);
-        (out, att)
+        let mut lse = vec![f64::NAN; b * nh * t];
+        attention_forward(&mut out, &mut lse, qkv, lens, b, t, c, nh);
+        (out, lse)
     }
 
     #[test]
@@ -196,9 +223,9 @@ mod tests {
             let mut rng = SplitMix64::new((b * 100 + t * 10 + c) as u64);
             let qkv = rng.normal_vec(b * t * 3 * c, 1.0);
             let probe = rng.normal_vec(b * t * c, 1.0);
-            let (_, att) = run(&qkv, lens, b, t, c, nh);
+            let (out, lse) = run(&qkv, lens, b, t, c, nh);
             let mut dqkv = vec![7.0; b * t * 3 * c];
-            attention_backward(&mut dqkv, &probe, &qkv, &att, lens, b, t, c, nh);
+            attention_backward(&mut dqkv, &probe, &qkv, &out, &lse, lens, b, t, c, nh);
             let f = |a: &[Vec<f64>]| run(&a[0], lens, b, t, c, nh).0;
             let report = check_op_gradient(f, &[qkv], &probe, &[dqkv]);
             println!("attention B={b} T={t} C={c} NH={nh} lens={lens:?}: {report} (tol 1e-6)");
@@ -212,9 +239,10 @@ mod tests {
         let lens = [3u32, 0];
         let mut rng = SplitMix64::new(9);
         let mut qkv = rng.normal_vec(b * t * 3 * c, 1.0);
-        let (out1, _) = run(&qkv, &lens, b, t, c, nh);
+        let (out1, lse1) = run(&qkv, &lens, b, t, c, nh);
         for ti in 3..t {
             assert!(out1[ti * c..(ti + 1) * c].iter().all(|&x| x == 0.0));
+            assert!((0..nh).all(|h| lse1[h * t + ti] == 0.0), "padded queries have lse 0");
         }
         assert!(out1[t * c..].iter().all(|&x| x == 0.0), "len 0 gives zeros");
         // change padded positions of review 0 wildly: valid outputs unchanged
@@ -223,7 +251,27 @@ mod tests {
                 *x = 1e3;
             }
         }
-        let (out2, _) = run(&qkv, &lens, b, t, c, nh);
+        let (out2, lse2) = run(&qkv, &lens, b, t, c, nh);
         assert_eq!(out1, out2);
+        assert_eq!(lse1, lse2);
+    }
+
+    #[test]
+    fn lse_is_the_log_sum_exp_of_the_scaled_scores() {
+        let (b, t, c, nh) = (2, 5, 6, 2);
+        let (hs, lens) = (3, [5u32, 2]);
+        let qkv = SplitMix64::new(3).normal_vec(b * t * 3 * c, 2.0);
+        let (_, lse) = run(&qkv, &lens, b, t, c, nh);
+        for bi in 0..b {
+            for h in 0..nh {
+                for i in 0..lens[bi] as usize {
+                    let row = |j: usize| &qkv[(bi * t + j) * 3 * c..(bi * t + j + 1) * 3 * c];
+                    let score = |j: usize| (0..hs).map(|d| row(i)[h * hs + d] * row(j)[c + h * hs + d]).sum::<f64>() / (hs as f64).sqrt();
+                    let want = (0..lens[bi] as usize).map(|j| score(j).exp()).sum::<f64>().ln();
+                    let got = lse[(bi * nh + h) * t + i];
+                    assert!((got - want).abs() < 1e-12 * want.abs().max(1.0), "b={bi} h={h} i={i}: {got} vs {want}");
+                }
+            }
+        }
     }
 }

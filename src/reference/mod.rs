@@ -26,6 +26,7 @@ pub mod matmul;
 pub mod meanpool;
 pub mod model;
 pub mod residual;
+pub mod steptotals;
 
 /// The float types the reference runs in: f64 for gradient checks, f32 for training.
 pub trait Float:

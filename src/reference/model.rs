@@ -54,7 +54,7 @@ struct Acts<T> {
     ln1_mean: Vec<T>,  // (L,B,T)
     ln1_rstd: Vec<T>,  // (L,B,T)
     qkv: Vec<T>,       // (L,B,T,3C)
-    att: Vec<T>,       // (L,B,NH,T,T)
+    lse: Vec<T>,       // (L,B,NH,T) attention log-sum-exp per query
     atty: Vec<T>,      // (L,B,T,C) attention output
     res_attn: Vec<T>,  // (L,B,T,C) x + dropout(attn_proj)
     ln2: Vec<T>,       // (L,B,T,C)
@@ -166,7 +166,7 @@ impl<T: Float> Model<T> {
         resize(&mut a.lnf_mean, n);
         resize(&mut a.lnf_rstd, n);
         resize(&mut a.qkv, l * n * 3 * c);
-        resize(&mut a.att, l * b * nh * t * t);
+        resize(&mut a.lse, l * b * nh * t);
         resize(&mut a.fch, l * n * f);
         resize(&mut a.fch_gelu, l * n * f);
         resize(&mut a.dqkv, n * 3 * c);
@@ -201,7 +201,7 @@ impl<T: Float> Model<T> {
             self.layout.views(params).try_into().expect("17 tensors");
         let a = &mut self.acts;
         let n = b * t; // rows of every per-token matrix
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
 
         embedding_forward(&mut a.emb, &batch.ids, wte, n, c); //          (B,T,C)
         dropout_forward(&mut a.x0, &a.emb, seed(&|s| s.embedding()), p);
@@ -212,7 +212,7 @@ impl<T: Float> Model<T> {
             let qkv = layer_mut(&mut a.qkv, l, n3c); //                   (B,T,3C)
             matmul_forward(qkv, ln1, layer(qkv_w, l, 3 * c * c), Some(layer(qkv_b, l, 3 * c)), n, c, 3 * c);
             let atty = layer_mut(&mut a.atty, l, nc); //                  (B,T,C)
-            attention_forward(atty, layer_mut(&mut a.att, l, natt), qkv, &batch.lens, b, t, c, nh);
+            attention_forward(atty, layer_mut(&mut a.lse, l, nlse), qkv, &batch.lens, b, t, c, nh);
             matmul_forward(&mut a.branch, atty, layer(attn_proj_w, l, c * c), Some(layer(attn_proj_b, l, c)), n, c, c);
             dropout_forward(&mut a.branch_drop, &a.branch, seed(&|s| s.attn(l)), p);
             let res_attn = layer_mut(&mut a.res_attn, l, nc); //          (B,T,C)
@@ -252,7 +252,7 @@ impl<T: Float> Model<T> {
             self.layout.views_mut(&mut self.grads).try_into().expect("17 tensors");
         let a = &mut self.acts;
         let n = b * t;
-        let (nc, n3c, nf, natt) = (n * c, n * 3 * c, n * f, b * nh * t * t);
+        let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
 
         match self.cfg.loss {
             Loss::Ce => softmax_ce_backward(&mut a.dlogits, &a.probs, &batch.labels, b, k, self.label_smoothing), // (B,K)
@@ -274,7 +274,7 @@ impl<T: Float> Model<T> {
             // res_attn = x + dropout(y)
             dropout_backward(&mut a.dbranch, &a.dres, seed(&|s| s.attn(l)), p);
             matmul_backward(&mut a.datty, layer_mut(d_attn_proj_w, l, c * c), Some(layer_mut(d_attn_proj_b, l, c)), &a.dbranch, layer(&a.atty, l, nc), layer(attn_proj_w, l, c * c), n, c, c);
-            attention_backward(&mut a.dqkv, &a.datty, layer(&a.qkv, l, n3c), layer(&a.att, l, natt), &batch.lens, b, t, c, nh); // (B,T,3C)
+            attention_backward(&mut a.dqkv, &a.datty, layer(&a.qkv, l, n3c), layer(&a.atty, l, nc), layer(&a.lse, l, nlse), &batch.lens, b, t, c, nh); // (B,T,3C)
             matmul_backward(&mut a.dln, layer_mut(d_qkv_w, l, 3 * c * c), Some(layer_mut(d_qkv_b, l, 3 * c)), &a.dqkv, layer(&a.ln1, l, nc), layer(qkv_w, l, 3 * c * c), n, c, 3 * c);
             layernorm_backward(&mut a.dres, layer_mut(d_ln1_w, l, c), layer_mut(d_ln1_b, l, c), &a.dln, x, layer(ln1_w, l, c), layer(&a.ln1_mean, l, n), layer(&a.ln1_rstd, l, n), n, c);
         }

@@ -7,7 +7,7 @@
 //! `src/model/gpu.rs`, which launches each kernel.
 
 use super::checkpoint::{self, Checkpoint, TensorSlot};
-use super::engine::Engine;
+use super::engine::{Engine, StepTotals};
 use super::metrics::{EpochMetrics, RunRecord};
 use super::schedule::Schedule;
 use super::stats::ProbQuality;
@@ -261,6 +261,10 @@ pub struct Progress {
     pub stop_after: Option<usize>,
 }
 
+/// Steps between read-backs of the training statistics (loss, accuracy, the non-finite
+/// check): the kernel model keeps them on the device in between.
+const READBACK_STEPS: usize = 50;
+
 /// Train `engine` for `cfg.epochs` epochs on `data`, writing into `dir` when given.
 /// With `resume`, continue from the checkpoint in `dir` (same configuration), ending
 /// where an uninterrupted run would.
@@ -328,7 +332,7 @@ pub fn train_run(
         );
         bar.set_prefix(format!("{} epoch {epoch}/{}", progress.label, cfg.epochs));
         let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut seen, mut tokens) = (0.0f64, 0usize, 0usize, 0usize);
+        let (mut totals, mut tokens) = (StepTotals::default(), 0usize);
         let mut lr = 0.0;
         for (i, batch) in batches.iter().enumerate() {
             let step = ((epoch - 1) * data.steps_per_epoch + i + 1) as u64;
@@ -340,28 +344,37 @@ pub fn train_run(
             } else {
                 batch
             };
-            let stats = engine.train_step(batch, lr, step)?;
-            if !stats.loss.is_finite() {
+            engine.queue_step(batch, lr, step, &mut totals)?;
+            tokens += batch.valid_tokens();
+            // the kernel model keeps the statistics on the device: read back every
+            // READBACK_STEPS steps and at the end of the epoch (the cpu device's are on
+            // the host at once); a non-finite step stops training when it is seen
+            let read_back = (i + 1) % READBACK_STEPS == 0 || i + 1 == batches.len();
+            if read_back {
+                engine.flush_totals(&mut totals)?;
+            }
+            if let Some(bad) = totals.nonfinite {
                 bar.abandon();
                 bail!(
-                    "training loss became {} at epoch {epoch}, step {step} (learning rate {lr:.2e}){}",
-                    stats.loss,
+                    "training loss became {} (gradient norm {}) at epoch {epoch}, step {}{}",
+                    bad.loss,
+                    bad.grad_norm,
+                    bad.step,
                     kept()
                 );
             }
-            loss_sum += stats.loss as f64 * batch.batch_size as f64;
-            correct += stats.correct;
-            seen += batch.batch_size;
-            tokens += batch.valid_tokens();
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} tok/s",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
-                tokens as f64 / secs
-            ));
+            if read_back {
+                let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}% {:.0} tok/s",
+                    totals.loss_sum / totals.reviews.max(1) as f64,
+                    100.0 * totals.correct as f64 / totals.reviews.max(1) as f64,
+                    tokens as f64 / secs
+                ));
+            }
             bar.inc(1);
         }
+        let (loss_sum, correct, seen) = (totals.loss_sum, totals.correct, totals.reviews);
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let last = epoch == cfg.epochs;
