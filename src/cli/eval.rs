@@ -33,11 +33,22 @@ pub struct Args {
     pub device: DeviceKind,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Precision of the linear layers (default: the one the run was trained with)
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::config::Precision>,
 }
 
 /// The model of a run folder, loaded on `device`, with its configuration.
 pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engine>)> {
-    let config = RunConfig::read(run)?;
+    load_run_with(run, device, None)
+}
+
+/// [`load_run`], with the linear layers in `precision` instead of the run's own.
+pub fn load_run_with(run: &Path, device: &Device, precision: Option<crate::config::Precision>) -> Result<(RunConfig, Box<dyn Engine>)> {
+    let mut config = RunConfig::read(run)?;
+    if let Some(p) = precision {
+        config.model.precision = p;
+    }
     let slots = tensor_slots(&ParamLayout::new(&config.model));
     let ckpt = checkpoint::load(&run.join("checkpoint.safetensors"), &slots)?;
     let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
@@ -49,7 +60,7 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engin
 
 pub fn run(args: Args) -> Result<()> {
     let device = Device::open(args.device)?;
-    let (config, mut engine) = load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
+    let (config, mut engine) = load_run_with(&args.run, &device, args.precision).with_context(|| format!("loading run {}", args.run.display()))?;
     let mut data_args = args.data.clone();
     if data_args.data.is_none() && config.data_source == "demo" {
         data_args.data = Some("demo".into());
@@ -72,12 +83,13 @@ pub fn run(args: Args) -> Result<()> {
     let batches: Vec<Batch> = BatchPlan::eval(set, &cfg).iter(set).collect();
     let (loss, acc) = evaluate(engine.as_mut(), &batches)?;
     println!(
-        "{:?} split of {}: {} reviews, accuracy {acc:.2}%, loss {loss:.4} ({} on {})",
+        "{:?} split of {}: {} reviews, accuracy {acc:.2}%, loss {loss:.4} ({} on {}, {})",
         args.split,
         loaded.source,
         set.len(),
         args.run.display(),
-        device.name()
+        device.name(),
+        config.model.precision
     );
     Ok(())
 }

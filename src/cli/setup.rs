@@ -1,7 +1,7 @@
 //! What `train`, `experiment`, `eval` and `predict` share: presets, the flags that
 //! override them, loading the data into batches, and opening an engine on a device.
 
-use crate::config::{Loss, ModelConfig, OptimConfig};
+use crate::config::{Loss, ModelConfig, OptimConfig, Precision};
 use crate::data::demo::DemoData;
 use crate::data::{self, BatchConfig, BatchPlan, DataSource, Locator, Review, ReviewSet, Truncate, TruncatePolicy};
 use crate::device::{DeviceKind, Gpu};
@@ -47,6 +47,9 @@ pub struct Hyper {
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub epochs: usize,
+    /// Input precision of the linear layers (every preset: fp32; absent in older runs).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Preset {
@@ -75,6 +78,7 @@ impl Preset {
             weight_decay: 0.1,
             grad_clip: 1.0,
             epochs: 10,
+            precision: Precision::Fp32,
         };
         match self {
             Preset::Auto | Preset::Cpu => base,
@@ -158,6 +162,10 @@ pub struct HyperArgs {
     /// Training epochs
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Inputs of the linear layers' products: fp32 (SIMT), or tensor cores with tf32 or bf16
+    /// inputs and f32 accumulation (cuda and emu devices; weights and AdamW stay f32)
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl HyperArgs {
@@ -185,6 +193,7 @@ impl HyperArgs {
         set(&mut h.weight_decay, self.weight_decay);
         set(&mut h.grad_clip, self.grad_clip);
         h.epochs = self.epochs.unwrap_or(h.epochs);
+        h.precision = self.precision.unwrap_or(h.precision);
         h
     }
 }
@@ -325,6 +334,7 @@ pub fn model_config(h: &Hyper, vocab: usize, loss: Loss) -> Result<ModelConfig> 
         max_len: h.max_len,
         dropout: h.dropout,
         loss,
+        precision: h.precision,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -378,6 +388,10 @@ impl Device {
     /// A fresh model on this device: parameters initialized from `seed`.
     pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Box<dyn Engine>> {
         Ok(match self {
+            Device::Cpu if cfg.precision != Precision::Fp32 => bail!(
+                "precision {} runs the linear layers on the tensor cores: use --device cuda (or emu); the cpu device is fp32",
+                cfg.precision
+            ),
             Device::Cpu => Box::new(CpuEngine::new(cfg, optim, seed, seed)?),
             Device::Gpu { kind, .. } => {
                 let gpu = Gpu::open(*kind)?.context("the device went away")?;
