@@ -91,3 +91,63 @@ extern "C" __global__ void test_broken_shuffle_dead_lane(float* out) {
     out[threadIdx.x] = v;
 }
 CUDAENC_REGISTER(test_broken_shuffle_dead_lane)
+
+// The tensor-core wrappers of cudaenc.cuh alone (tests/mma.rs): C (M,N) = A (M,K) @ B (K,N),
+// row-major, inputs rounded by round_tf32 / round_bf16. One warp per block; block b computes
+// the 16x8 tile (b / ceil(N/8), b % ceil(N/8)) of C with one mma per 8 (tf32) or 16 (bf16)
+// values of k, each lane loading its own fragment elements from global memory at the PTX
+// ISA's positions (g = lane/4, t = lane%4; see cudaenc.cuh); out-of-range elements are 0.
+extern "C" __global__ void test_mma_tf32(float* C, const float* A, const float* B, int M, int N, int K) {
+    const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    const int tiles_n = (N + 7) / 8, m0 = blockIdx.x / tiles_n * 16, n0 = blockIdx.x % tiles_n * 8;
+    auto a_at = [&](int m, int k) { return __float_as_uint(m < M && k < K ? round_tf32(A[(size_t)m * K + k]) : 0.0f); };
+    auto b_at = [&](int k, int n) { return __float_as_uint(k < K && n < N ? round_tf32(B[(size_t)k * N + n]) : 0.0f); };
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        const unsigned a[4] = {a_at(m0 + g, k0 + t), a_at(m0 + g + 8, k0 + t), a_at(m0 + g, k0 + t + 4),
+                               a_at(m0 + g + 8, k0 + t + 4)};
+        const unsigned b[2] = {b_at(k0 + t, n0 + g), b_at(k0 + t + 4, n0 + g)};
+        mma_m16n8k8_tf32(d, a, b);
+    }
+    for (int i = 0; i < 4; i++) {
+        const int m = m0 + g + 8 * (i >> 1), n = n0 + 2 * t + (i & 1);
+        if (m < M && n < N) C[(size_t)m * N + n] = d[i];
+    }
+}
+CUDAENC_REGISTER(test_mma_tf32)
+
+extern "C" __global__ void test_mma_bf16(float* C, const float* A, const float* B, int M, int N, int K) {
+    const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    const int tiles_n = (N + 7) / 8, m0 = blockIdx.x / tiles_n * 16, n0 = blockIdx.x % tiles_n * 8;
+    auto a_at = [&](int m, int k) { return m < M && k < K ? round_bf16(A[(size_t)m * K + k]) : 0.0f; };
+    auto b_at = [&](int k, int n) { return k < K && n < N ? round_bf16(B[(size_t)k * N + n]) : 0.0f; };
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        unsigned a[4], b[2];
+        for (int r = 0; r < 4; r++) {  // rows g + 8*(r%2), columns 2t + 8*(r/2) and one more
+            const int m = m0 + g + 8 * (r % 2), k = k0 + 2 * t + 8 * (r / 2);
+            a[r] = pack_bf16x2(a_at(m, k), a_at(m, k + 1));
+        }
+        for (int r = 0; r < 2; r++) {  // rows 2t + 8r and one more, column g
+            const int k = k0 + 2 * t + 8 * r;
+            b[r] = pack_bf16x2(b_at(k, n0 + g), b_at(k + 1, n0 + g));
+        }
+        mma_m16n8k16_bf16(d, a, b);
+    }
+    for (int i = 0; i < 4; i++) {
+        const int m = m0 + g + 8 * (i >> 1), n = n0 + 2 * t + (i & 1);
+        if (m < M && n < N) C[(size_t)m * N + n] = d[i];
+    }
+}
+CUDAENC_REGISTER(test_mma_bf16)
+
+// out[i] = round_tf32(x[i]) and out[n + i] = round_bf16(x[i]): the rounding helpers against
+// the Rust ones (tests/mma.rs), including ties, subnormals, overflow, infinities and NaN.
+extern "C" __global__ void test_round_tf32_bf16(float* out, const float* x, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[i] = round_tf32(x[i]);
+        out[n + i] = round_bf16(x[i]);
+    }
+}
+CUDAENC_REGISTER(test_round_tf32_bf16)

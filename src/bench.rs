@@ -53,7 +53,7 @@ impl Shapes {
     }
     /// The model these shapes describe (CE head), for the parameter count.
     pub fn model(&self) -> ModelConfig {
-        ModelConfig { vocab: self.v, d_model: self.c, n_layer: self.l, n_head: self.nh, d_ff: self.f, max_len: 2 * self.t, dropout: 0.1, loss: Loss::Ce }
+        ModelConfig { vocab: self.v, d_model: self.c, n_layer: self.l, n_head: self.nh, d_ff: self.f, max_len: 2 * self.t, dropout: 0.1, loss: Loss::Ce, precision: Default::default() }
     }
 }
 
@@ -79,7 +79,7 @@ pub type Setup = fn(&Gpu, &Shapes) -> Result<Case>;
 /// Every case, in report order. `copy` and `cublas_sgemm 8192` first: the others are
 /// shown relative to them (GB/s as % of copy, TFLOP/s as % of the SGEMM).
 pub fn cases() -> Vec<(&'static str, Setup)> {
-    vec![
+    let kernels: Vec<(&'static str, Setup)> = vec![
         ("copy", copy),
         ("cublas_sgemm 8192", |g, _| cublas_sgemm(g, 8192, 8192, 8192)),
         ("cublas_sgemm qkv", |g, s| cublas_sgemm(g, s.n(), s.c, 3 * s.c)),
@@ -120,7 +120,8 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("adamw_update_tensors", adamw_update_tensors),
         ("adamw_update per tensor", adamw_update_per_tensor),
         ("global_norm", global_norm),
-    ]
+    ];
+    kernels.into_iter().chain(tc_cases()).collect()
 }
 
 /// A device buffer of `n` N(0, 1) values (deterministic).
@@ -614,6 +615,7 @@ pub fn run_cases(gpu: &Gpu, cases: Vec<(&'static str, Setup)>, filter: Option<&s
         println!("{name:<26} {:<30} {ms:>9.4} {gbps:>8.1} {tf:>8} {pct_copy:>6} {pct_sgemm:>6}", case.shape);
         results.push(Result1 { name: name.into(), shape: case.shape, ms, gbps, tflops, na: false });
     }
+    print_tc_vs_cublas(&results);
     println!("BENCHJSON {}", serde_json::to_string(&results)?);
     Ok(results)
 }
@@ -663,7 +665,7 @@ pub fn step_batch(b: usize, t: usize, vocab: usize, seed: u64) -> Batch {
 /// The model of a training preset (`gpu`, `nanogpt`, ...) at vocabulary `vocab`, max length T.
 pub fn preset_model(preset: crate::cli::setup::Preset, vocab: usize, t: usize, loss: Loss) -> ModelConfig {
     let h = preset.hyper();
-    ModelConfig { vocab, d_model: h.d_model, n_layer: h.n_layer, n_head: h.n_head, d_ff: h.d_ff, max_len: t, dropout: h.dropout, loss }
+    ModelConfig { vocab, d_model: h.d_model, n_layer: h.n_layer, n_head: h.n_head, d_ff: h.d_ff, max_len: t, dropout: h.dropout, loss, precision: Default::default() }
 }
 
 /// Time `steps` training steps as the trainer runs them (`GpuEngine::queue_step`: forward,
@@ -721,4 +723,158 @@ pub fn print_steps(device: &str, results: &[StepResult]) -> Result<()> {
     }
     println!("STEPJSON {}", serde_json::to_string(results)?);
     Ok(())
+}
+
+// ---- tensor-core GEMMs against cuBLAS at the same precision ---------------------------
+
+/// A preset's linear layers, (name, IC, OC, rows): `rows` false is the head (N = B rows).
+fn preset_gemms(preset: &str) -> [(&'static str, usize, usize, bool); 5] {
+    let (c, f) = if preset == "gpu" { (256, 1024) } else { (384, 1536) };
+    [("qkv", c, 3 * c, true), ("attn_proj", c, c, true), ("fc", c, f, true), ("fc_proj", f, c, true), ("head", c, 2, false)]
+}
+
+/// Shape (N, IC, OC) of `preset`'s GEMM `gemm` (see [`preset_gemms`]) at `s`'s tokens.
+fn gemm_shape(s: &Shapes, preset: &str, gemm: &str) -> (usize, usize, usize) {
+    let &(_, ic, oc, rows) = preset_gemms(preset).iter().find(|g| g.0 == gemm).expect("a known GEMM");
+    (if rows { s.n() } else { s.b }, ic, oc)
+}
+
+/// `matmul_forward_prec` (backward: `matmul_backward_prec`, dinp + dweight + dbias) at
+/// `preset`'s GEMM `gemm` in `prec`; flops and bytes as the fp32 rows count them.
+fn tc_case(gpu: &Gpu, s: &Shapes, preset: &str, gemm: &str, prec: ops::matmul::Precision, backward: bool) -> Result<Case> {
+    let (n, ic, oc) = gemm_shape(s, preset, gemm);
+    let mut case = if backward { matmul_backward(gpu, n, ic, oc)? } else { matmul_forward(gpu, n, ic, oc)? };
+    let (inp, w, b, dout) = (rand_buf(gpu, n * ic, 1)?, rand_buf(gpu, oc * ic, 2)?, rand_buf(gpu, oc, 3)?, rand_buf(gpu, n * oc, 4)?);
+    let (out, dinp, dw) = (gpu.zeros::<f32>(n * oc)?, gpu.zeros::<f32>(n * ic)?, gpu.zeros::<f32>(oc * ic)?);
+    let scratch = gpu.zeros::<f32>(ops::matmul::matmul_backward_scratch_len(n, ic, oc))?;
+    case.run = if backward {
+        Box::new(move |g| ops::matmul::matmul_backward_prec(g, prec, &dinp, &dw, Some(&b), &scratch, &dout, &inp, &w, n, ic, oc))
+    } else {
+        Box::new(move |g| ops::matmul::matmul_forward_prec(g, prec, &out, &inp, &w, Some(&b), n, ic, oc))
+    };
+    Ok(case)
+}
+
+/// cuBLAS `cublasGemmEx` doing what [`tc_case`] does at the same shape and precision:
+/// forward out = inp W^T (+ nothing: cuBLAS adds no bias); backward dinp = dout W and
+/// dweight += dout^T inp, two calls (no dbias). TF32: f32 buffers, CUBLAS_COMPUTE_32F_FAST_TF32;
+/// bf16: bf16 copies of the inputs (converted once, untimed, as an autocast framework keeps
+/// them), f32 outputs, CUBLAS_COMPUTE_32F. "n/a" on emu, without libcublas, or when cuBLAS
+/// refuses the call (the error is printed; the benchmark goes on).
+fn cublas_gemm_ex(gpu: &Gpu, s: &Shapes, preset: &str, gemm: &str, prec: ops::matmul::Precision, backward: bool) -> Result<Case> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t::*, cudaDataType};
+    let (n, ic, oc) = gemm_shape(s, preset, gemm);
+    let shape = format!("N={n} IC={ic} OC={oc}");
+    let flops = if backward { 4.0 } else { 2.0 } * (n * ic * oc) as f64;
+    let bytes = F * if backward { (n * oc + 2 * n * ic + 3 * oc * ic) as f64 } else { (n * ic + oc * ic + n * oc) as f64 };
+    let na = || Ok(Case { shape: shape.clone(), bytes, flops, run: Box::new(|_| Ok(())), na: true });
+    if !gpu.is_cuda() {
+        return na();
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        eprintln!("bench: libcublas not found on the library path: cuBLAS rows are n/a");
+        return na();
+    }
+    let bf16 = prec == ops::matmul::Precision::Bf16;
+    // inputs: f32 (tf32) or bf16 copies; outputs f32
+    let input = |len: usize, seed: u64| -> Result<crate::device::Buf<u16>> {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let host: Vec<u16> = (0..len).map(|_| half::bf16::from_f32(rng.normal(1.0) as f32).to_bits()).collect();
+        gpu.upload(&host)
+    };
+    let (inp32, w32, dout32) = (rand_buf(gpu, n * ic, 1)?, rand_buf(gpu, oc * ic, 2)?, rand_buf(gpu, n * oc, 4)?);
+    let (inp16, w16, dout16) = if bf16 { (input(n * ic, 1)?, input(oc * ic, 2)?, input(n * oc, 4)?) } else { (gpu.zeros(1)?, gpu.zeros(1)?, gpu.zeros(1)?) };
+    let addr = |a32: &crate::device::Buf<f32>, a16: &crate::device::Buf<u16>| if bf16 { a16.addr() } else { a32.addr() };
+    let (inp, w, dout) = (addr(&inp32, &inp16), addr(&w32, &w16), addr(&dout32, &dout16));
+    let (out, dinp, dw) = (gpu.zeros::<f32>(n * oc)?, gpu.zeros::<f32>(n * ic)?, gpu.zeros::<f32>(oc * ic)?);
+    let in_type = if bf16 { cudaDataType::CUDA_R_16BF } else { cudaDataType::CUDA_R_32F };
+    let compute = if bf16 { cublasComputeType_t::CUBLAS_COMPUTE_32F } else { cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 };
+    let handle = Cublas::new()?;
+    let (n_, ic_, oc_) = (n as i32, ic as i32, oc as i32);
+    // row-major X (r, c) is column-major X^T (c, r) with leading dimension c
+    let gemm_ex = move |ta, tb, m: i32, nn: i32, k: i32, a: u64, lda: i32, b: u64, ldb: i32, beta: f32, c: u64, ldc: i32| {
+        let alpha = 1.0f32;
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                handle.0, ta, tb, m, nn, k, &alpha as *const f32 as *const _, a as *const _, in_type, lda, b as *const _, in_type, ldb,
+                &beta as *const f32 as *const _, c as *mut _, cudaDataType::CUDA_R_32F, ldc, compute, cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("cublasGemmEx {prec}: {e:?}"))
+    };
+    let run = move || -> Result<()> {
+        if backward {
+            // dinp^T (IC, N) = W^T (IC, OC) dout^T (OC, N)
+            gemm_ex(CUBLAS_OP_N, CUBLAS_OP_N, ic_, n_, oc_, w, ic_, dout, oc_, 0.0, dinp.addr(), ic_)?;
+            // dweight^T (IC, OC) += inp^T (IC, N) dout (N, OC)
+            gemm_ex(CUBLAS_OP_N, CUBLAS_OP_T, ic_, oc_, n_, inp, ic_, dout, oc_, 1.0, dw.addr(), ic_)
+        } else {
+            // out^T (OC, N) = W (OC, IC) inp^T (IC, N)
+            gemm_ex(CUBLAS_OP_T, CUBLAS_OP_N, oc_, n_, ic_, w, ic_, inp, ic_, 0.0, out.addr(), oc_)
+        }
+    };
+    // one trial call: a refusal (an unsupported type on this GPU) is an n/a row, not an abort
+    if let Err(e) = run().and_then(|_| gpu.synchronize()) {
+        eprintln!("bench: cuBLAS {prec} {preset}.{gemm}: {e:#}: n/a");
+        return na();
+    }
+    let keep = (inp32, w32, dout32, inp16, w16, dout16);
+    Ok(Case {
+        shape,
+        bytes,
+        flops,
+        na: false,
+        run: Box::new(move |_| {
+            let _ = &keep;
+            run()
+        }),
+    })
+}
+
+/// One row per (precision, direction) of a preset's GEMM: ours then cuBLAS's.
+macro_rules! tc_rows {
+    ($preset:literal, $gemm:literal) => {
+        [
+            (concat!("tc_tf32 fwd ", $preset, ".", $gemm), (|g, s| tc_case(g, s, $preset, $gemm, ops::matmul::Precision::Tf32, false)) as Setup),
+            (concat!("cublas_tf32 fwd ", $preset, ".", $gemm), |g, s| cublas_gemm_ex(g, s, $preset, $gemm, ops::matmul::Precision::Tf32, false)),
+            (concat!("tc_bf16 fwd ", $preset, ".", $gemm), |g, s| tc_case(g, s, $preset, $gemm, ops::matmul::Precision::Bf16, false)),
+            (concat!("cublas_bf16 fwd ", $preset, ".", $gemm), |g, s| cublas_gemm_ex(g, s, $preset, $gemm, ops::matmul::Precision::Bf16, false)),
+            (concat!("tc_tf32 bwd ", $preset, ".", $gemm), |g, s| tc_case(g, s, $preset, $gemm, ops::matmul::Precision::Tf32, true)),
+            (concat!("cublas_tf32 bwd ", $preset, ".", $gemm), |g, s| cublas_gemm_ex(g, s, $preset, $gemm, ops::matmul::Precision::Tf32, true)),
+            (concat!("tc_bf16 bwd ", $preset, ".", $gemm), |g, s| tc_case(g, s, $preset, $gemm, ops::matmul::Precision::Bf16, true)),
+            (concat!("cublas_bf16 bwd ", $preset, ".", $gemm), |g, s| cublas_gemm_ex(g, s, $preset, $gemm, ops::matmul::Precision::Bf16, true)),
+        ]
+    };
+}
+
+/// The tensor-core rows: every linear layer of the `gpu` and `nanogpt` presets at B x T
+/// tokens, forward and backward, TF32 and bf16, each followed by cuBLAS at the same
+/// precision and shape ([`print_tc_vs_cublas`] sets them side by side).
+pub fn tc_cases() -> Vec<(&'static str, Setup)> {
+    [
+        tc_rows!("gpu", "qkv"), tc_rows!("gpu", "attn_proj"), tc_rows!("gpu", "fc"), tc_rows!("gpu", "fc_proj"), tc_rows!("gpu", "head"),
+        tc_rows!("nanogpt", "qkv"), tc_rows!("nanogpt", "attn_proj"), tc_rows!("nanogpt", "fc"), tc_rows!("nanogpt", "fc_proj"),
+        tc_rows!("nanogpt", "head"),
+    ]
+    .concat()
+}
+
+/// After the table: each tensor-core row's TFLOP/s next to cuBLAS's at the same precision,
+/// shape and direction, and the ratio (target: >= 70%). Rows without both numbers say n/a.
+pub fn print_tc_vs_cublas(results: &[Result1]) {
+    let ours: Vec<&Result1> = results.iter().filter(|r| r.name.starts_with("tc_")).collect();
+    if ours.is_empty() {
+        return;
+    }
+    println!("tensor-core GEMMs vs cuBLAS (same precision, shape, direction; target >= 70%)");
+    println!("{:<30} {:<26} {:>9} {:>9} {:>8}", "case", "shape", "TFLOP/s", "cuBLAS", "%cuBLAS");
+    for r in ours {
+        let twin = format!("cublas_{}", &r.name[3..]);
+        let c = results.iter().find(|c| c.name == twin);
+        let (cub, pct) = match c {
+            Some(c) if !c.na && !r.na && c.tflops > 0.0 => (format!("{:.2}", c.tflops), format!("{:.0}%", 100.0 * r.tflops / c.tflops)),
+            _ => ("n/a".into(), "n/a".into()),
+        };
+        println!("{:<30} {:<26} {:>9.2} {:>9} {:>8}", r.name, r.shape, r.tflops, cub, pct);
+    }
 }

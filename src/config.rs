@@ -1,5 +1,6 @@
 //! Model configuration: plain values with defaults, shared by every device.
 
+pub use crate::ops::matmul::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Which classification head and loss the model trains with.
@@ -46,6 +47,10 @@ pub struct ModelConfig {
     /// Dropout probability on the embedding output and on each residual branch.
     pub dropout: f32,
     pub loss: Loss,
+    /// Input precision of the linear layers' products on the kernel devices (absent in
+    /// older config.json files: fp32). Weights, gradients and AdamW are f32 in every one.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl ModelConfig {

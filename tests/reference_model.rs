@@ -8,7 +8,7 @@ use cudaenc::reference::gradcheck::{check_op_gradient_at, SplitMix64};
 use cudaenc::reference::model::{DropoutSeeds, Model};
 
 fn tiny(loss: Loss, dropout: f32) -> ModelConfig {
-    ModelConfig { vocab: 11, d_model: 8, n_layer: 2, n_head: 2, d_ff: 16, max_len: 7, dropout, loss }
+    ModelConfig { vocab: 11, d_model: 8, n_layer: 2, n_head: 2, d_ff: 16, max_len: 7, dropout, loss, precision: Default::default() }
 }
 
 /// Random parameters of order 1 (so that no gradient is trivially tiny); layer-norm

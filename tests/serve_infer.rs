@@ -20,7 +20,7 @@ fn reviews(vocab: u64, n: usize, seed: u64) -> Vec<Vec<u32>> {
 #[test]
 fn batched_probabilities_equal_single_review_ones() {
     for (loss, policy) in [(Loss::Bce, TruncatePolicy::Head), (Loss::Ce, TruncatePolicy::HeadTail)] {
-        let cfg = ModelConfig { vocab: 57, d_model: 16, n_layer: 2, n_head: 2, d_ff: 24, max_len: 23, dropout: 0.1, loss };
+        let cfg = ModelConfig { vocab: 57, d_model: 16, n_layer: 2, n_head: 2, d_ff: 24, max_len: 23, dropout: 0.1, loss, precision: Default::default() };
         let mut engine = CpuEngine::new(&cfg, &OptimConfig::default(), 7, 7).unwrap();
         let truncate = Truncate::new(cfg.max_len, policy);
         let texts = reviews(57, 53, 11);
@@ -57,7 +57,7 @@ fn batched_probabilities_equal_single_review_ones() {
 
 #[test]
 fn batches_respect_the_token_budget_and_sort_by_length() {
-    let cfg = ModelConfig { vocab: 30, d_model: 8, n_layer: 1, n_head: 2, d_ff: 16, max_len: 16, dropout: 0.0, loss: Loss::Bce };
+    let cfg = ModelConfig { vocab: 30, d_model: 8, n_layer: 1, n_head: 2, d_ff: 16, max_len: 16, dropout: 0.0, loss: Loss::Bce, precision: Default::default() };
     let mut engine = CpuEngine::new(&cfg, &OptimConfig::default(), 1, 1).unwrap();
     let texts = reviews(30, 41, 3);
     let set = infer::review_set(&texts);

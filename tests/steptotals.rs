@@ -86,7 +86,7 @@ fn queued_steps_equal_synchronous_steps_and_report_divergence() {
     use cudaenc::config::{Loss, ModelConfig, OptimConfig};
     use cudaenc::model::GpuEngine;
     use cudaenc::train::engine::Engine;
-    let cfg = ModelConfig { vocab: 37, d_model: 12, n_layer: 1, n_head: 2, d_ff: 24, max_len: 9, dropout: 0.1, loss: Loss::Ce };
+    let cfg = ModelConfig { vocab: 37, d_model: 12, n_layer: 1, n_head: 2, d_ff: 24, max_len: 9, dropout: 0.1, loss: Loss::Ce, precision: Default::default() };
     let optim = OptimConfig::default();
     let batches = [batch(&[9, 3, 0, 5], 1), batch(&[2, 7], 2), batch(&[4, 4, 1], 3)];
     let mut sync = GpuEngine::new(common::emu(), &cfg, &optim, 5, 6).unwrap();

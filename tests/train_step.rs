@@ -34,7 +34,7 @@ const TOL_TENSOR: f64 = 1e-4;
 
 /// C = 24 (not a multiple of 32), 4 heads of 6, 2 layers, dropout on.
 fn config(loss: Loss) -> ModelConfig {
-    ModelConfig { vocab: 37, d_model: 24, n_layer: 2, n_head: 4, d_ff: 96, max_len: 9, dropout: 0.1, loss }
+    ModelConfig { vocab: 37, d_model: 24, n_layer: 2, n_head: 4, d_ff: 96, max_len: 9, dropout: 0.1, loss, precision: Default::default() }
 }
 
 /// B reviews of the given lengths, padded to the longest; ids repeat (vocabulary 37),

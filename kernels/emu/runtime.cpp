@@ -54,8 +54,8 @@ std::map<std::string, Kernel>& registry() {
 enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
 const char* op_name(int op) {
     static const char* n[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
-                              "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
-    return (op >= 0 && op < 8) ? n[op] : "?";
+                              "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp", "warp collective (mma)"};
+    return (op >= 0 && op < 9) ? n[op] : "?";
 }
 
 struct Fiber {
@@ -69,6 +69,7 @@ struct Fiber {
     int op = 0, arg = 0, width = 32;
     unsigned mask = 0;
     unsigned long long val = 0, result = 0;
+    WarpCollectiveFn collective = nullptr;  // OP_COLLECTIVE: the function all lanes run once
     bool dirty = false;  // abandoned mid-kernel (ASan: shadow must be cleared)
 #ifdef CUDAENC_ASAN
     void* fake = nullptr;
@@ -257,6 +258,21 @@ unsigned long long cudaenc_emu::warp_op(int op, unsigned mask, unsigned long lon
     return f->result;
 }
 
+void cudaenc_emu::warp_collective(void* lane_data, WarpCollectiveFn fn, const char* file, int line) {
+    Worker* w = current_worker(op_name(OP_COLLECTIVE));
+    Fiber* f = w->current;
+    f->state = AT_WARP;
+    f->op = OP_COLLECTIVE;
+    f->mask = 0xffffffffu;
+    f->val = (unsigned long long)(uintptr_t)lane_data;
+    f->collective = fn;
+    f->arg = 0;
+    f->width = 32;
+    f->file = file;
+    f->line = line;
+    yield(w, f, false);
+}
+
 void* cudaenc_emu::dynamic_shared() { return current_worker("dynamic shared memory")->dyn_smem; }
 
 void cudaenc_emu::register_kernel(const char* name, void (*fn)(), Trampoline t, int nargs,
@@ -326,13 +342,23 @@ std::string resolve_warp(Worker* w, unsigned n, unsigned idx) {
     for (unsigned l = 0; l < 32; l++) {
         if (!(mask >> l & 1)) continue;
         Fiber& g = fs[base + l];
-        if (g.op != a.op || g.mask != mask)
+        if (g.op != a.op || g.mask != mask || (a.op == OP_COLLECTIVE && g.collective != a.collective))
             return fmt("warp divergence: lane %u is in %s mask 0x%08x (%s) while lane %u is in %s mask 0x%08x (%s)",
                        lane, op_name(a.op), mask, where(a).c_str(), l, op_name(g.op), g.mask, where(g).c_str());
     }
     int width = a.width;
     if (width < 1 || width > 32 || (width & (width - 1)))
         return fmt("%s: width %d is not a power of two <= 32 (%s)", op_name(a.op), width, where(a).c_str());
+    if (a.op == OP_COLLECTIVE) {  // all 32 lanes are here (full mask): run it once for the warp
+        void* lanes[32];
+        for (unsigned l = 0; l < 32; l++) lanes[l] = (void*)(uintptr_t)fs[base + l].val;
+        a.collective(lanes);
+        for (unsigned l = 0; l < 32; l++) {
+            fs[base + l].result = 0;
+            fs[base + l].state = RUNNABLE;
+        }
+        return "";
+    }
     unsigned long long ballot = 0;
     for (unsigned l = 0; l < 32; l++)
         if ((mask >> l & 1) && fs[base + l].val) ballot |= 1ull << l;
@@ -395,7 +421,16 @@ std::string run_block(Worker* w, const Launch& L, uint3 bidx) {
             if (fs[i].state != RUNNABLE) continue;
             ran = true;
             resume(w, &fs[i]);
-            if (fs[i].state == AT_WARP) err = resolve_warp(w, n, i);
+            if (fs[i].state != AT_WARP) continue;
+            err = resolve_warp(w, n, i);
+            if (err.empty() && fs[i].state == RUNNABLE) {
+                // the warp op completed: this warp runs on at once, ahead of the other warps,
+                // up to its next barrier (a legal schedule, and the one that exposes a missing
+                // __syncthreads between a warp's shared-memory reads and another's writes)
+                unsigned first = L.order ? std::min(n - 1, i / 32 * 32 + 31) : i / 32 * 32;
+                unsigned kf = L.order ? n - 1 - first : first;
+                k = kf - 1;  // the loop's k++ makes it kf (unsigned wrap-around at kf == 0 is fine)
+            }
         }
         if (!err.empty() || ran) {
             if (!err.empty()) break;

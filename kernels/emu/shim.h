@@ -45,10 +45,18 @@ extern __thread uint3 gridDim;
 static constexpr int warpSize = 32;
 
 namespace cudaenc_emu {
-enum WarpOp { OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ANY, OP_ALL, OP_SYNCWARP };
+enum WarpOp { OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ANY, OP_ALL, OP_SYNCWARP,
+              OP_COLLECTIVE };
 void syncthreads(const char* file, int line);
 unsigned long long warp_op(int op, unsigned mask, unsigned long long v, int arg, int width,
                            const char* file, int line);
+// A warp-wide operation on the lanes' registers (the host twin of mma.sync): every lane
+// of the full warp passes a pointer to its own operands; once all 32 lanes have arrived
+// (the same exchange point __shfl_sync uses), `fn` runs once with the 32 pointers, in
+// lane order, and may read and write every lane's operands; then the lanes resume.
+// All 32 lanes must call it with the same `fn` (else: a warp-divergence error).
+typedef void (*WarpCollectiveFn)(void* const lanes[32]);
+void warp_collective(void* lane_data, WarpCollectiveFn fn, const char* file, int line);
 void* dynamic_shared();
 
 template <class T> inline T shfl(int op, const char* f, int l, unsigned mask, T v, int arg, int width) {

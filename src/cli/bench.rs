@@ -2,7 +2,7 @@
 //! training steps at a preset's shape (see `crate::bench`).
 use crate::bench;
 use crate::cli::setup::Preset;
-use crate::config::{Loss, ModelConfig};
+use crate::config::{Loss, ModelConfig, Precision};
 use crate::device::{DeviceKind, Gpu};
 use anyhow::bail;
 
@@ -40,6 +40,9 @@ pub struct Args {
     /// --step: vocabulary size (cl100k_base's by default)
     #[arg(long, default_value_t = 100_277)]
     pub vocab: usize,
+    /// --step: precision of the linear layers (the kernel rows cover every precision)
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
 }
 
 fn open(kind: DeviceKind) -> anyhow::Result<Gpu> {
@@ -64,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !gpu.is_cuda() {
         // emu: a tiny model, one step: proves the step bench runs, times nothing
-        let cfg = ModelConfig { vocab: 1000, d_model: 32, n_layer: 1, n_head: 2, d_ff: 64, max_len: 16, dropout: 0.1, loss: args.loss };
+        let cfg = ModelConfig { vocab: 1000, d_model: 32, n_layer: 1, n_head: 2, d_ff: 64, max_len: 16, dropout: 0.1, loss: args.loss, precision: args.precision };
         results.push(bench::step_bench(gpu, "tiny(emu)", &cfg, 2, 16, 1, 0)?);
     } else {
         drop(gpu); // each shape opens the device anew and frees its model when done
@@ -72,8 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let lens = if args.seq_len.is_empty() { vec![256, 512] } else { args.seq_len.clone() };
         for &p in &presets {
             for &t in &lens {
-                let cfg = bench::preset_model(p, args.vocab, t, args.loss);
-                let label = format!("{p:?}").to_lowercase();
+                let cfg = ModelConfig { precision: args.precision, ..bench::preset_model(p, args.vocab, t, args.loss) };
+                let label = match args.precision {
+                    Precision::Fp32 => format!("{p:?}").to_lowercase(),
+                    prec => format!("{p:?}-{prec}").to_lowercase(),
+                };
                 let r = bench::step_bench(open(args.device)?, &label, &cfg, args.batch_size, t, args.steps, 3)?;
                 eprintln!("step bench {label} B={} T={t}: {:.2} ms/step", args.batch_size, r.ms_median);
                 results.push(r);

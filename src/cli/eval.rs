@@ -34,11 +34,22 @@ pub struct Args {
     pub device: DeviceKind,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Precision of the linear layers (default: the one the run was trained with)
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::config::Precision>,
 }
 
 /// The model of a run folder, loaded on `device`, with its configuration.
 pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engine>)> {
-    let config = RunConfig::read(run)?;
+    load_run_with(run, device, None)
+}
+
+/// [`load_run`], with the linear layers in `precision` instead of the run's own.
+pub fn load_run_with(run: &Path, device: &Device, precision: Option<crate::config::Precision>) -> Result<(RunConfig, Box<dyn Engine>)> {
+    let mut config = RunConfig::read(run)?;
+    if let Some(p) = precision {
+        config.model.precision = p;
+    }
     let slots = tensor_slots(&ParamLayout::new(&config.model));
     let ckpt = checkpoint::load(&run.join("checkpoint.safetensors"), &slots)?;
     let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
@@ -82,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
 /// and evaluate the chosen split.
 pub fn measure(args: &Args) -> Result<Measured> {
     let device = Device::open(args.device)?;
-    let (config, mut engine) = load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
+    let (config, mut engine) = load_run_with(&args.run, &device, args.precision).with_context(|| format!("loading run {}", args.run.display()))?;
     // without --data: the data the run was trained on, as its config.json records it
     let mut data_args = args.data.clone();
     let recorded = data_args.data.is_none();

@@ -1,7 +1,7 @@
 //! What `train`, `experiment`, `eval` and `predict` share: presets, the flags that
 //! override them, loading the data into batches, and opening an engine on a device.
 
-use crate::config::{Loss, ModelConfig, OptimConfig};
+use crate::config::{Loss, ModelConfig, OptimConfig, Precision};
 use crate::data::demo::DemoData;
 use crate::data::vocab::VocabMap;
 use crate::data::{self, BatchConfig, BatchPlan, DataSource, Locator, Review, ReviewSet, Truncate, TruncatePolicy};
@@ -51,6 +51,9 @@ pub struct Hyper {
     /// Label smoothing (CE) / target smoothing (BCE); 0 in every preset.
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Input precision of the linear layers (every preset: fp32; absent in older runs).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Preset {
@@ -80,6 +83,7 @@ impl Preset {
             grad_clip: 1.0,
             epochs: 10,
             label_smoothing: 0.0,
+            precision: Precision::Fp32,
         };
         match self {
             Preset::Auto | Preset::Cpu => base,
@@ -167,6 +171,10 @@ pub struct HyperArgs {
     /// BCE (target (1-EPS) y + EPS/2); in [0, 1). Default 0 (off)
     #[arg(long)]
     pub label_smoothing: Option<f32>,
+    /// Inputs of the linear layers' products: fp32 (SIMT), or tensor cores with tf32 or bf16
+    /// inputs and f32 accumulation (cuda and emu devices; weights and AdamW stay f32)
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl HyperArgs {
@@ -195,6 +203,7 @@ impl HyperArgs {
         set(&mut h.grad_clip, self.grad_clip);
         h.epochs = self.epochs.unwrap_or(h.epochs);
         set(&mut h.label_smoothing, self.label_smoothing);
+        h.precision = self.precision.unwrap_or(h.precision);
         h
     }
 }
@@ -415,6 +424,7 @@ pub fn model_config(h: &Hyper, vocab: usize, loss: Loss) -> Result<ModelConfig> 
         max_len: h.max_len,
         dropout: h.dropout,
         loss,
+        precision: h.precision,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -538,6 +548,10 @@ impl Device {
     /// A fresh model on this device: parameters initialized from `seed`.
     pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Box<dyn Engine>> {
         Ok(match self {
+            Device::Cpu if cfg.precision != Precision::Fp32 => bail!(
+                "precision {} runs the linear layers on the tensor cores: use --device cuda (or emu); the cpu device is fp32",
+                cfg.precision
+            ),
             Device::Cpu => Box::new(CpuEngine::new(cfg, optim, seed, seed)?),
             Device::Gpu(gpu) => {
                 Box::new(GpuEngine::new(gpu.clone(), cfg, optim, seed, seed).context("creating the model on the device")?)

@@ -24,8 +24,8 @@ use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
 use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
 use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_launch, softmax_ce_backward, softmax_ce_forward_launch};
+use crate::ops::matmul::{matmul_backward_prec, matmul_backward_scratch_len, matmul_forward_prec};
 use crate::ops::steptotals::step_totals_add;
-use crate::ops::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
 use crate::ops::residual::residual_forward;
 use crate::reference::embedding::embedding_backward_order;
@@ -321,20 +321,20 @@ impl GpuModel {
             let ln1 = layer(&a.ln1, l, nc);
             layernorm_forward(gpu, &ln1, &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), &x, &self.pl(w, idx::LN1_W, l), &self.pl(w, idx::LN1_B, l), n, c)?;
             let qkv = layer(&a.qkv, l, n3c); //                                      (B,T,3C)
-            matmul_forward(gpu, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
+            matmul_forward_prec(gpu, self.cfg.precision, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
             let atty = layer(&a.atty, l, nc); //                                     (B,T,C)
             attention_forward(gpu, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
-            matmul_forward(gpu, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
+            matmul_forward_prec(gpu, self.cfg.precision, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
             dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.attn(l)), p)?;
             let res_attn = layer(&a.res_attn, l, nc); //                             (B,T,C)
             residual_forward(gpu, &res_attn, &x, &branch_drop)?;
             let ln2 = layer(&a.ln2, l, nc);
             layernorm_forward(gpu, &ln2, &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &res_attn, &self.pl(w, idx::LN2_W, l), &self.pl(w, idx::LN2_B, l), n, c)?;
             let fch = layer(&a.fch, l, nf); //                                       (B,T,F)
-            matmul_forward(gpu, &fch, &ln2, &self.pl(w, idx::FC_W, l), Some(&self.pl(w, idx::FC_B, l)), n, c, f)?;
+            matmul_forward_prec(gpu, self.cfg.precision, &fch, &ln2, &self.pl(w, idx::FC_W, l), Some(&self.pl(w, idx::FC_B, l)), n, c, f)?;
             let fch_gelu = layer(&a.fch_gelu, l, nf); //                             (B,T,F)
             gelu_forward(gpu, &fch_gelu, &fch)?;
-            matmul_forward(gpu, &branch, &fch_gelu, &self.pl(w, idx::FC_PROJ_W, l), Some(&self.pl(w, idx::FC_PROJ_B, l)), n, f, c)?;
+            matmul_forward_prec(gpu, self.cfg.precision, &branch, &fch_gelu, &self.pl(w, idx::FC_PROJ_W, l), Some(&self.pl(w, idx::FC_PROJ_B, l)), n, f, c)?;
             dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.ffn(l)), p)?;
             residual_forward(gpu, &layer(&a.res_ffn, l, nc), &res_attn, &branch_drop)?; // (B,T,C)
         }
@@ -344,7 +344,7 @@ impl GpuModel {
         let pooled = head(&a.pooled, b * c);
         meanpool_forward(gpu, &pooled, &lnf, &lens, b, t, c)?; //                    (B,C)
         let logits = head(&a.logits, b * k);
-        matmul_forward(gpu, &logits, &pooled, &self.pv(w, idx::HEAD_W), Some(&self.pv(w, idx::HEAD_B)), b, c, k)?; // (B,K)
+        matmul_forward_prec(gpu, self.cfg.precision, &logits, &pooled, &self.pv(w, idx::HEAD_W), Some(&self.pv(w, idx::HEAD_B)), b, c, k)?; // (B,K)
         let (losses, probs) = (head(&a.losses, b), head(&a.probs, b * k));
         match self.cfg.loss {
             Loss::Ce => softmax_ce_forward_launch(gpu, &losses, &probs, &logits, &labels, b, k, self.label_smoothing),
@@ -376,7 +376,7 @@ impl GpuModel {
             Loss::Ce => softmax_ce_backward(gpu, &dlogits, &probs, &labels, b, k, self.label_smoothing)?, // (B,K)
             Loss::Bce => sigmoid_bce_backward(gpu, &dlogits, &probs, &labels, b, self.label_smoothing)?,
         }
-        matmul_backward(gpu, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
+        matmul_backward_prec(gpu, self.cfg.precision, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
         meanpool_backward(gpu, &dln, &dpooled, &lens, b, t, c)?; //                  (B,T,C)
         gpu.zero(&dres)?;
         let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
@@ -385,15 +385,15 @@ impl GpuModel {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) };
             // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.ffn(l)), p)?; //      (B,T,C)
-            matmul_backward(gpu, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), ws, &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
+            matmul_backward_prec(gpu, self.cfg.precision, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), ws, &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
             gelu_backward(gpu, &dfch, &dfch_gelu, &layer(&a.fch, l, nf))?; //          (B,T,F)
-            matmul_backward(gpu, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
+            matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), n, c)?;
             // res_attn = x + dropout(y)
             dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
-            matmul_backward(gpu, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
+            matmul_backward_prec(gpu, self.cfg.precision, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
             attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
-            matmul_backward(gpu, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
+            matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
         dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)

@@ -208,7 +208,7 @@ mod tests {
     use crate::config::Loss;
 
     pub fn tiny(loss: Loss) -> ModelConfig {
-        ModelConfig { vocab: 11, d_model: 8, n_layer: 2, n_head: 2, d_ff: 16, max_len: 9, dropout: 0.0, loss }
+        ModelConfig { vocab: 11, d_model: 8, n_layer: 2, n_head: 2, d_ff: 16, max_len: 9, dropout: 0.0, loss, precision: Default::default() }
     }
 
     #[test]

@@ -3,9 +3,105 @@
 //! The backward's weight gradients use a deterministic split-K over the N rows (see
 //! [`matmul_backward_chunks`] and the top of `kernels/matmul.cu`), with a caller-owned
 //! scratch buffer of [`matmul_backward_scratch_len`] floats.
+//!
+//! [`Precision`]: the same launchers run the products in fp32 (the SIMT kernels above,
+//! `matmul_forward` / `matmul_backward`) or on the tensor cores, TF32 or bf16 inputs with
+//! f32 accumulation (`matmul_{forward,backward}_{tf32,bf16}`): [`matmul_forward_prec`],
+//! [`matmul_backward_prec`]. Same tiles, blocks and split-K rule in every precision.
 
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
+
+/// Input precision of the linear layers' products. Accumulation, master weights,
+/// gradients and AdamW are f32 in every precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 inputs, f32 FMAs (the SIMT kernels).
+    #[default]
+    Fp32,
+    /// Tensor cores, inputs rounded to TF32 (10 mantissa bits, nearest, ties away).
+    Tf32,
+    /// Tensor cores, inputs rounded to bf16 (7 mantissa bits, nearest, ties to even).
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Tf32, Precision::Bf16];
+
+    /// The flag / config spelling: `fp32`, `tf32`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Precision> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => bail!("unknown precision '{s}' (expected fp32, tf32 or bf16)"),
+        }
+    }
+
+    /// Mantissa bits of the products' inputs (23, 10, 7): the unit roundoff of an input
+    /// is 2^-(bits+1).
+    pub fn mantissa_bits(self) -> u32 {
+        match self {
+            Precision::Fp32 => 23,
+            Precision::Tf32 => 10,
+            Precision::Bf16 => 7,
+        }
+    }
+
+    /// `x` rounded as the kernels round a product's inputs (`round_tf32` / `round_bf16`
+    /// in `kernels/cudaenc.cuh`); identity for fp32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::Fp32 => x,
+            Precision::Tf32 => round_tf32(x),
+            Precision::Bf16 => round_bf16(x),
+        }
+    }
+
+    /// The kernel-name suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "",
+            Precision::Tf32 => "_tf32",
+            Precision::Bf16 => "_bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `x` to TF32 as `cvt.rna.tf32.f32`: 10 mantissa bits, nearest, ties away from zero;
+/// infinities and NaN unchanged, overflow to infinity.
+pub fn round_tf32(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return x;
+    }
+    f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000)
+}
+
+/// `x` to bf16 as `cvt.rn.bf16x2.f32`: 7 mantissa bits, nearest, ties to even;
+/// infinities unchanged, NaN stays NaN, overflow to infinity.
+pub fn round_bf16(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return if u & 0x007f_ffff != 0 { f32::from_bits(u | 0x0040_0000) } else { x };
+    }
+    f32::from_bits(u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000)
+}
 
 /// Threads per block of both kernels (16 x 16, each 4 x 4 outputs).
 const THREADS: u32 = 256;
@@ -47,10 +143,26 @@ fn opt_arg(x: Option<&impl DeviceSlice<f32>>) -> Arg {
     x.map_or(Arg::Ptr(0), |b| b.arg())
 }
 
-/// out (N, OC)  <-  inp (N, IC), weight (OC, IC), bias (OC) or none.
+/// out (N, OC)  <-  inp (N, IC), weight (OC, IC), bias (OC) or none; fp32.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     gpu: &Gpu,
+    out: &impl DeviceSlice<f32>,
+    inp: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    bias: Option<&impl DeviceSlice<f32>>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<()> {
+    matmul_forward_prec(gpu, Precision::Fp32, out, inp, weight, bias, n, ic, oc)
+}
+
+/// [`matmul_forward`] with the product's inputs in precision `prec`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_prec(
+    gpu: &Gpu,
+    prec: Precision,
     out: &impl DeviceSlice<f32>,
     inp: &impl DeviceSlice<f32>,
     weight: &impl DeviceSlice<f32>,
@@ -67,17 +179,37 @@ pub fn matmul_forward(
     }
     let grid = ceil_div(n, TILE) * ceil_div(oc, TILE);
     let args: [Arg; 7] = [out.arg(), inp.arg(), weight.arg(), opt_arg(bias), n.into(), ic.into(), oc.into()];
-    gpu.launch("matmul_forward", grid, THREADS, 0, &args)
+    gpu.launch(&format!("matmul_forward{}", prec.suffix()), grid, THREADS, 0, &args)
 }
 
 /// dinp (N, IC) =, dweight (OC, IC) +=, dbias (OC) +=  <-  dout (N, OC), inp, weight.
 /// `scratch`: at least [`matmul_backward_scratch_len`]`(n, ic, oc)` floats of workspace
 /// (contents ignored and clobbered). One launch computes dinp and the weight gradients,
 /// or their per-chunk partials plus a second launch (`matmul_backward_reduce`) that adds
-/// the partials in chunk order; bit-identical on reruns.
+/// the partials in chunk order; bit-identical on reruns. fp32.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     gpu: &Gpu,
+    dinp: &impl DeviceSlice<f32>,
+    dweight: &impl DeviceSlice<f32>,
+    dbias: Option<&impl DeviceSlice<f32>>,
+    scratch: &impl DeviceSlice<f32>,
+    dout: &impl DeviceSlice<f32>,
+    inp: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<()> {
+    matmul_backward_prec(gpu, Precision::Fp32, dinp, dweight, dbias, scratch, dout, inp, weight, n, ic, oc)
+}
+
+/// [`matmul_backward`] with the products' inputs (dinp and dweight) in precision `prec`;
+/// dbias and the split-K reduction are f32 sums in every precision.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_prec(
+    gpu: &Gpu,
+    prec: Precision,
     dinp: &impl DeviceSlice<f32>,
     dweight: &impl DeviceSlice<f32>,
     dbias: Option<&impl DeviceSlice<f32>>,
@@ -109,7 +241,7 @@ pub fn matmul_backward(
         dinp.arg(), dweight.arg(), opt_arg(dbias), scratch.arg(), dout.arg(), inp.arg(), weight.arg(),
         n.into(), ic.into(), oc.into(), chunks.into(), chunk_len.into(),
     ];
-    gpu.launch("matmul_backward", blocks, THREADS, 0, &args)?;
+    gpu.launch(&format!("matmul_backward{}", prec.suffix()), blocks, THREADS, 0, &args)?;
     if chunks == 1 {
         return Ok(());
     }

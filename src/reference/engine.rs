@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn engine_overfits_a_tiny_batch_and_roundtrips_state() {
         for loss in [Loss::Ce, Loss::Bce] {
-            let cfg = ModelConfig { vocab: 6, d_model: 16, n_layer: 1, n_head: 2, d_ff: 32, max_len: 4, dropout: 0.1, loss };
+            let cfg = ModelConfig { vocab: 6, d_model: 16, n_layer: 1, n_head: 2, d_ff: 32, max_len: 4, dropout: 0.1, loss, precision: Default::default() };
             let mut e = CpuEngine::new(&cfg, &OptimConfig::default(), 1, 2).unwrap();
             let batch = Batch::from_reviews(&[&[1, 2], &[3, 4, 5], &[1, 3], &[2]], &[1, 0, 0, 1]);
             let first = e.train_step(&batch, 1e-2, 1).unwrap();
