@@ -70,7 +70,7 @@ note_tests() { local p f; p=$(grep -ho '[0-9]* passed' "$1" | awk '{s+=$1} END{p
                echo "$p passed, $f failed$(grep -q 'CUDAENC_REQUIRE_CUDA is set' "$1" && echo ', no CUDA device') $(grep -hoE "kernel '[a-z_0-9]+'[^\"]{0,60}" "$1" | head -1)"; }
 note_san()   { echo "$(grep -hoE '(ERROR|RACECHECK) SUMMARY: [0-9]+ [a-z]+' "$1" | sort | uniq -c | tr -s ' ' | paste -sd';' -) $(grep -q 'compute-sanitizer not found' "$1" && echo 'no compute-sanitizer;') $(note_tests "$1")"; }
 note_bench() { echo "$(grep -c '^[a-z_]* .*[0-9]' "$1") rows; $(grep -E '^(copy|cublas_sgemm 8192) ' "$1" | awk '{print $1, $(NF-3), $(NF-2)}' | paste -sd';' -)"; }
-note_step()  { grep '^STEPJSON' "$1" | tail -1 | cut -c10- | "$PY" -c 'import json,sys; print("; ".join(f"{r["preset"]} T={r["t"]} {r["ms_median"]:.1f} ms" for r in json.load(sys.stdin)))'; }
+note_step()  { grep '^STEPJSON' "$1" | cut -c10- | "$PY" -c 'import json,sys; print("; ".join("%s T=%s %.1f ms" % (r["preset"], r["t"], r["ms_median"]) for l in sys.stdin for r in json.loads(l)))'; }
 note_torch() { grep '^TORCHJSON' "$1" | tail -1 | cut -c11- | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(len(d["results"]), "configs,", len(d["skipped"]), "skipped/failed")'; }
 note_train() { grep -oE 'epoch [0-9]+/[0-9]+: .*val loss [0-9.]+ acc [0-9.]+%.*\| [0-9.]+s' "$1" | sed -E 's/epoch ([0-9]+)\/[0-9]+: .*val loss [0-9.]+ acc ([0-9.]+%).*\| ([0-9.]+s)/e\1 val \2 \3/' | paste -sd' ' -; }
 
@@ -105,7 +105,7 @@ step "info --load" 10 30 01-tests.log note_load bin/cudaenc info --load
 
 # 2. GPU correctness: the test binaries that touch the GPU, GPU half only
 for t in "${GPU_TESTS[@]}"; do
-  [[ -x bin/test-$t ]] && step "gpu test $t" 4 40 01-tests.log note_tests "${BASH_FN[@]}" gputests "bin/test-$t"
+  [[ -x bin/test-$t ]] && step "gpu test $t" 3 40 01-tests.log note_tests "${BASH_FN[@]}" gputests "bin/test-$t"
 done
 
 # 3. one real IMDB training: validation accuracy and time per epoch
@@ -117,8 +117,10 @@ else
 fi
 
 # 4. whole-step throughput per preset, against PyTorch eager on the same batches
-step "bench step (cudaenc)" 25 60 04-bench.log note_step bin/cudaenc bench --device cuda --step --steps 20
-step "bench step (pytorch eager)" 40 70 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs eager-fp32,eager-tf32 --budget-s 60
+stepbench() { local rc=0 p; for p in fp32 tf32 bf16; do bin/cudaenc bench --device cuda --step --steps 20 --precision "$p" || rc=$?; done; return $rc; }
+export -f stepbench
+step "bench step (cudaenc fp32/tf32/bf16)" 45 90 04-bench.log note_step "${BASH_FN[@]}" stepbench
+step "bench step (pytorch eager)" 40 70 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs eager-fp32,eager-tf32,eager-bf16 --budget-s 60
 
 # 5. the kernel table, cuBLAS as the limit (a cuBLAS failure is an n/a row)
 step "bench kernels" 25 60 04-bench.log note_bench bin/cudaenc bench --device cuda --repeats 20
@@ -130,11 +132,11 @@ for t in "${GPU_TESTS[@]}"; do
   SAN_MEM+=("bin/test-$t")
   case $t in attention|layernorm|matmul*|embedding|gradnorm|loss|meanpool|mma*) SAN_RACE+=("bin/test-$t") ;; esac
 done
-step "memcheck (small shapes)" 60 90 02-memcheck.log note_san "${BASH_FN[@]}" san memcheck "${SAN_MEM[@]}"
-step "racecheck (small shapes)" 45 75 03-racecheck.log note_san "${BASH_FN[@]}" san racecheck "${SAN_RACE[@]}"
+step "memcheck (small shapes)" 45 90 02-memcheck.log note_san "${BASH_FN[@]}" san memcheck "${SAN_MEM[@]}"
+step "racecheck (small shapes)" 40 75 03-racecheck.log note_san "${BASH_FN[@]}" san racecheck "${SAN_RACE[@]}"
 
 # 7. if time remains: torch.compile, and the CE training
-step "bench step (pytorch compile)" 50 90 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs compile-fp32,compile-tf32 --budget-s 80
+step "bench step (pytorch compile)" 50 90 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs compile-bf16 --budget-s 80
 if [[ -f data/aclImdb-labeled.tar.gz ]]; then
   step "train imdb ce (2 epochs)" 55 90 05-train.log note_train \
     bin/cudaenc train --device cuda --data data/aclImdb-labeled.tar.gz --loss ce --preset gpu --epochs 2 --out "${TMPDIR:-/tmp}/gpu-check-ce"
@@ -151,20 +153,27 @@ fi
   "$PY" - "$OUT/04-bench.log" <<'PYEOF' 2>&1 || echo "(no step results to compare)"
 import json, os, sys
 lines = open(sys.argv[1], errors="replace").read().splitlines() if os.path.exists(sys.argv[1]) else []
-step = [l for l in lines if l.startswith("STEPJSON ")]
+# every STEPJSON line (one per precision); preset labels are "gpu", "gpu-tf32", "gpu-bf16"
+ours = {}
+for l in lines:
+    if l.startswith("STEPJSON "):
+        for r in json.loads(l[9:]):
+            base, _, prec = r["preset"].partition("-")
+            ours[(base, r["t"], prec or "fp32")] = r["tokens_per_s"]
 torch = [json.loads(l[10:]) for l in lines if l.startswith("TORCHJSON ")]
-ours = json.loads(step[-1][9:]) if step else []
 results = [r for t in torch for r in t["results"]]
+ref = {(r["preset"], r["t"], f"{r['mode']}-{r['precision']}"): r["tokens_per_s"] for r in results}
 print(f"PyTorch {torch[-1]['torch'] if torch else '?'} on {torch[-1]['device'] if torch else '?'}")
-cols = sorted({f"{r['mode']}-{r['precision']}" for r in results})
-print(f"{'preset':<8} {'T':>4} {'cudaenc':>10} " + " ".join(f"{c:>13}" for c in cols) + ("  ratio vs " + ", ".join(cols) if cols else ""))
-keys = sorted({(r["preset"], r["t"]) for r in ours} | {(r["preset"], r["t"]) for r in results})
+precs = ["fp32", "tf32", "bf16"]
+tcols = ["eager-fp32", "eager-tf32", "eager-bf16", "compile-bf16"]
+pairs = [("fp32", "eager-fp32"), ("tf32", "eager-tf32"), ("bf16", "eager-bf16"), ("bf16", "compile-bf16")]
+fmt = lambda v: f"{v:>12.0f}" if v else f"{'-':>12}"
+print(f"{'preset':<8} {'T':>4} " + " ".join(f"{'ours-' + p:>12}" for p in precs) + " " + " ".join(f"{c:>12}" for c in tcols)
+      + "  ratio " + ", ".join(f"{a}/{b}" for a, b in pairs))
+keys = sorted({(p, t) for p, t, _ in ours} | {(p, t) for p, t, _ in ref})
 for p, t in keys:
-    o = next((r["tokens_per_s"] for r in ours if (r["preset"], r["t"]) == (p, t)), None)
-    tv = {f"{r['mode']}-{r['precision']}": r["tokens_per_s"] for r in results if (r["preset"], r["t"]) == (p, t)}
-    fmt = lambda v: f"{v:>13.0f}" if v else f"{'-':>13}"
-    ratios = ", ".join(f"{o / tv[c]:.2f}" if o and tv.get(c) else "-" for c in cols)
-    print(f"{p:<8} {t:>4} {'-' if o is None else round(o):>10} " + " ".join(fmt(tv.get(c)) for c in cols) + f"  {ratios}")
+    ratios = ", ".join(f"{ours[(p, t, a)] / ref[(p, t, b)]:.2f}" if ours.get((p, t, a)) and ref.get((p, t, b)) else "-" for a, b in pairs)
+    print(f"{p:<8} {t:>4} " + " ".join(fmt(ours.get((p, t, q))) for q in precs) + " " + " ".join(fmt(ref.get((p, t, c))) for c in tcols) + f"  {ratios}")
 PYEOF
   echo
   echo "== summary ($(cat VERSION 2>/dev/null); ${GPU:-NO GPU FOUND}; $(( $(date +%s) - T0 ))s of ${BUDGET_S}s budget)"
