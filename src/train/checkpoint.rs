@@ -95,7 +95,10 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
         header.metadata().clone().unwrap_or_default().into_iter().collect();
     let n = total_len(slots);
     let read = |prefix: &str| -> Result<Option<Vec<f32>>> {
-        let mut out = vec![0f32; n];
+        // every tensor is checked before the buffer is allocated: a layout that does not
+        // match the file (an edited config.json: --d-model 100000) is an error naming the
+        // tensor, never an allocation of the layout's size that aborts the process
+        let mut tensors = Vec::with_capacity(slots.len());
         for (i, s) in slots.iter().enumerate() {
             let name = format!("{prefix}{}", s.name);
             let t = match st.tensor(&name) {
@@ -105,6 +108,10 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
             };
             ensure!(t.dtype() == Dtype::F32, "tensor {name} is {:?}, expected F32", t.dtype());
             ensure!(t.shape() == s.shape.as_slice(), "tensor {name} has shape {:?}, expected {:?}", t.shape(), s.shape);
+            tensors.push(t);
+        }
+        let mut out = vec![0f32; n];
+        for (s, t) in slots.iter().zip(&tensors) {
             // the data may be unaligned inside the file buffer: copy bytewise
             let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out[s.offset..s.offset + s.len()]);
             dst.copy_from_slice(t.data());
@@ -186,5 +193,19 @@ mod tests {
         std::fs::write(&path, b"not a checkpoint").unwrap();
         assert!(load(&path, &slots()).is_err());
         assert!(save(&path, &slots(), &Checkpoint { params: vec![0.0; 3], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn a_layout_far_larger_than_the_file_is_an_error_not_an_allocation() {
+        // an edited config.json (d_model 100000) gives a layout of many TiB: loading must
+        // name the tensor that does not match, before it allocates anything that size
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        save(&path, &slots(), &Checkpoint { params: vec![0.0; 7], ..Default::default() }).unwrap();
+        let mut huge = slots();
+        huge[0].shape = vec![1 << 22, 1 << 22]; // 2^44 floats: 64 TiB
+        huge[1].offset = 1 << 44;
+        let err = load(&path, &huge).unwrap_err().to_string();
+        assert!(err.contains("wte") && err.contains("shape"), "{err}");
     }
 }
