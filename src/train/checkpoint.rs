@@ -215,7 +215,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
         let good = Checkpoint { params: vec![0.5; 7], adam_m: vec![0.1; 7], adam_v: vec![0.2; 7], ..Default::default() };
-        let cases: [(fn(&mut Checkpoint), &str); 4] = [
+        type Damage = fn(&mut Checkpoint);
+        let cases: [(Damage, &str); 4] = [
             (|c| c.params[6] = f32::NAN, "head_b[0] is NaN"),
             (|c| c.params[4] = f32::INFINITY, "wte[4] is inf"),
             (|c| c.adam_m[1] = f32::NAN, "adamw_m.wte[1] is NaN"),
