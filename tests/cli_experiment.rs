@@ -93,3 +93,23 @@ fn experiment_runs_reproduce_with_train_and_resume() {
         assert_eq!(a, b, "seed {seed}: config.json differs");
     }
 }
+
+/// A new experiment (no --resume) in a folder that already holds a report.md or
+/// results.json it did not write is refused before any run, and those files keep their
+/// bytes; before, the experiment ran and replaced them (exit 0).
+#[test]
+fn a_new_experiment_never_overwrites_a_report_it_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["report.md", "results.json", "accuracy_curves.svg"] {
+        let out = tmp.path().join(name.replace('.', "-"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join(name), b"my own notes\n").unwrap();
+        let o = experiment(&out, &[], None);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {e}");
+        assert!(e.contains(name) && e.contains("already exists") && !e.contains("panicked"), "{e}");
+        assert_eq!(bytes(&out.join(name)), b"my own notes\n", "{name} was overwritten");
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [name], "no run was started beside {name}");
+    }
+}

@@ -168,3 +168,22 @@ fn eval_uses_the_runs_recorded_data() {
         assert!(o.status.success() && out.contains(reviews) && out.contains("small-imdb"), "{split}: {out}\n{}", stderr(&o));
     }
 }
+
+/// `eval` and `predict` given an experiment folder, or a run with no finished epoch, say
+/// what the folder is and what to give instead (before: "reading .../config.json: No
+/// such file" and "reading checkpoint ...: No such file").
+#[test]
+fn eval_and_predict_name_what_the_folder_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("exp");
+    let run = exp.join("bce-seed1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::copy(demo_run().join("config.json"), run.join("config.json")).unwrap();
+    for (folder, wanted) in [(&exp, "bce-seed1"), (&run, "no epoch")] {
+        let f = folder.to_str().unwrap();
+        for args in [vec!["eval", "--run", f, "--device", "cpu", "--split", "val"], vec!["predict", "--run", f, "--device", "cpu", "good"]] {
+            let e = fails(&cudaenc(&args));
+            assert!(e.contains(wanted) && !e.contains("No such file"), "{args:?}: {e}");
+        }
+    }
+}

@@ -95,3 +95,52 @@ fn only_a_finite_checkpoint_is_kept() {
         assert_eq!(epochs, [1], "metrics.jsonl holds the saved epoch only");
     }
 }
+
+/// A checkpoint whose header does not match its run (edited: epoch 0, or an epoch that
+/// disagrees with its step, or another loss) is refused by --resume; before, epoch 0
+/// retrained both epochs on trained weights and ended with exit 0.
+#[test]
+fn resume_refuses_a_checkpoint_header_that_is_not_the_runs() {
+    let args = DataArgs {
+        data: Some("demo".into()),
+        val_size: None,
+        val_seed: None,
+        truncate: TruncatePolicy::Head,
+        train_subset: Some(48),
+        full_test: false,
+        holdout: None,
+        compact_vocab: false,
+        min_count: 1,
+    };
+    let loaded = setup::load_data(&args, 1).unwrap();
+    let h = setup::Hyper { epochs: 2, d_model: 8, d_ff: 16, n_head: 2, max_len: 16, batch_size: 16, ..Preset::Demo.hyper() };
+    let cfg = setup::model_config(&h, loaded.vocab, Loss::Bce).unwrap();
+    let tcfg = setup::train_config(&h, 1).unwrap();
+    let slots = tensor_slots(&ParamLayout::new(&cfg));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(&tmp.path().join("run"), &serde_json::json!({})).unwrap();
+    let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 1);
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+    let progress = Progress { show_bar: false, label: "header".into(), stop_after: Some(1) };
+    train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), false, &progress).unwrap();
+    let good = checkpoint::load(&dir.checkpoint_path(), &slots).unwrap();
+    assert_eq!(good.metadata.get("step").map(String::as_str), Some(data.steps_per_epoch.to_string().as_str()));
+    let edits: [(&str, &str); 4] = [("epoch", "0"), ("step", "1"), ("loss", "ce"), ("epoch", "2")];
+    for (key, value) in edits {
+        let mut ckpt = good.clone();
+        ckpt.metadata.insert(key.into(), value.into());
+        checkpoint::save(&dir.checkpoint_path(), &slots, &ckpt).unwrap();
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+        let err = train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), true, &progress)
+            .expect_err(&format!("{key}={value} was resumed"));
+        let msg = format!("{err:#}");
+        assert!(msg.contains("not one of this run's") || msg.contains("does not hold one line"), "{key}={value}: {msg}");
+        assert_eq!(checkpoint::load(&dir.checkpoint_path(), &slots).unwrap(), ckpt, "{key}={value}: the checkpoint is left as it was");
+    }
+    // the checkpoint as written resumes
+    checkpoint::save(&dir.checkpoint_path(), &slots, &good).unwrap();
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+    let done = Progress { stop_after: None, ..progress };
+    let record = train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), true, &done).unwrap();
+    assert_eq!(record.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2]);
+}

@@ -9,8 +9,8 @@ use crate::model::params::ParamLayout;
 use crate::train::checkpoint;
 use crate::train::engine::Engine;
 use crate::train::stats::ProbQuality;
-use crate::train::trainer::loss_and_accuracy;
-use anyhow::{ensure, Context, Result};
+use crate::train::trainer::{loss_and_accuracy, CHECKPOINT_FILE, CONFIG_FILE};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,12 +46,30 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(RunConfig, Box<dyn Engin
 
 /// [`load_run`], with the linear layers in `precision` instead of the run's own.
 pub fn load_run_with(run: &Path, device: &Device, precision: Option<crate::config::Precision>) -> Result<(RunConfig, Box<dyn Engine>)> {
+    if !run.join(CONFIG_FILE).exists() {
+        // an experiment folder holds run folders: name one instead of "No such file"
+        let mut runs: Vec<String> = std::fs::read_dir(run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(CONFIG_FILE).is_file())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        runs.sort();
+        if let Some(first) = runs.first() {
+            bail!("{} is not a run folder but holds {} (an experiment?): give one of them to --run, e.g. {first}", run.display(), runs.len());
+        }
+    }
     let mut config = RunConfig::read(run)?;
     if let Some(p) = precision {
         config.model.precision = p;
     }
     let slots = tensor_slots(&ParamLayout::new(&config.model));
-    let ckpt = checkpoint::load(&run.join("checkpoint.safetensors"), &slots)?;
+    let path = run.join(CHECKPOINT_FILE);
+    if !path.exists() && run.join(CONFIG_FILE).is_file() {
+        bail!("no epoch of the run in {} has finished yet (no {CHECKPOINT_FILE}): there is no model to use", run.display());
+    }
+    let ckpt = checkpoint::load(&path, &slots)?;
     let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
     let zeros = vec![0.0; ckpt.params.len()];
     let (m, v) = if ckpt.adam_m.is_empty() { (&zeros, &zeros) } else { (&ckpt.adam_m, &ckpt.adam_v) };

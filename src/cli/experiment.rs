@@ -67,6 +67,9 @@ fn table(title: &str, rows: &[(Loss, Vec<f64>)]) -> String {
     s
 }
 
+/// The files an experiment writes beside its run folders, once all runs are done.
+const REPORT_FILES: [&str; 4] = ["report.md", "results.json", "accuracy_boxplot.svg", "accuracy_curves.svg"];
+
 pub fn run(mut args: Args) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(!args.losses.is_empty(), "--losses names no loss");
@@ -78,6 +81,16 @@ pub fn run(mut args: Args) -> Result<()> {
     };
     if args.resume && !out.is_dir() {
         anyhow::bail!("--resume: {} does not exist; start the experiment without --resume", out.display());
+    }
+    if !args.resume {
+        // a new experiment writes these names at its end: never over files it did not write
+        if let Some(f) = REPORT_FILES.iter().map(|f| out.join(f)).find(|p| p.exists()) {
+            anyhow::bail!(
+                "{} already exists: choose another --out, or --resume to continue the experiment in {}",
+                f.display(),
+                out.display()
+            );
+        }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let t0 = Instant::now();

@@ -95,7 +95,10 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
         header.metadata().clone().unwrap_or_default().into_iter().collect();
     let n = total_len(slots);
     let read = |prefix: &str| -> Result<Option<Vec<f32>>> {
-        let mut out = vec![0f32; n];
+        // every tensor is checked before the buffer is allocated: a layout that does not
+        // match the file (an edited config.json: --d-model 100000) is an error naming the
+        // tensor, never an allocation of the layout's size that aborts the process
+        let mut tensors = Vec::with_capacity(slots.len());
         for (i, s) in slots.iter().enumerate() {
             let name = format!("{prefix}{}", s.name);
             let t = match st.tensor(&name) {
@@ -105,6 +108,10 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
             };
             ensure!(t.dtype() == Dtype::F32, "tensor {name} is {:?}, expected F32", t.dtype());
             ensure!(t.shape() == s.shape.as_slice(), "tensor {name} has shape {:?}, expected {:?}", t.shape(), s.shape);
+            tensors.push(t);
+        }
+        let mut out = vec![0f32; n];
+        for (s, t) in slots.iter().zip(&tensors) {
             // the data may be unaligned inside the file buffer: copy bytewise
             let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out[s.offset..s.offset + s.len()]);
             dst.copy_from_slice(t.data());
@@ -115,6 +122,21 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
     let adam_m = read("adamw_m.")?.unwrap_or_default();
     let adam_v = read("adamw_v.")?.unwrap_or_default();
     ensure!(adam_m.len() == adam_v.len(), "checkpoint has only one of the two AdamW moments");
+    // cudaenc never saves a non-finite parameter (the training loop refuses to), so one
+    // here means a damaged file: refuse it whole, rather than let eval, predict or a
+    // resume find it in some outputs only (or never, for a finished run's --resume)
+    for (prefix, buf, min) in [("", &params, f32::NEG_INFINITY), ("adamw_m.", &adam_m, f32::NEG_INFINITY), ("adamw_v.", &adam_v, 0.0)] {
+        if let Some(i) = buf.iter().position(|x| !x.is_finite() || *x < min) {
+            let s = slots.iter().find(|s| (s.offset..s.offset + s.len()).contains(&i)).expect("slots cover the buffer");
+            bail!(
+                "checkpoint {} is broken: {prefix}{}[{}] is {} (cudaenc never saves such a value): retrain the run",
+                path.display(),
+                s.name,
+                i - s.offset,
+                buf[i]
+            );
+        }
+    }
     Ok(Checkpoint { params, adam_m, adam_v, metadata })
 }
 
@@ -186,5 +208,42 @@ mod tests {
         std::fs::write(&path, b"not a checkpoint").unwrap();
         assert!(load(&path, &slots()).is_err());
         assert!(save(&path, &slots(), &Checkpoint { params: vec![0.0; 3], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn a_non_finite_value_is_a_broken_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let good = Checkpoint { params: vec![0.5; 7], adam_m: vec![0.1; 7], adam_v: vec![0.2; 7], ..Default::default() };
+        type Damage = fn(&mut Checkpoint);
+        let cases: [(Damage, &str); 4] = [
+            (|c| c.params[6] = f32::NAN, "head_b[0] is NaN"),
+            (|c| c.params[4] = f32::INFINITY, "wte[4] is inf"),
+            (|c| c.adam_m[1] = f32::NAN, "adamw_m.wte[1] is NaN"),
+            (|c| c.adam_v[6] = -1.0, "adamw_v.head_b[0] is -1"),
+        ];
+        for (damage, what) in cases {
+            let mut ckpt = good.clone();
+            damage(&mut ckpt);
+            save(&path, &slots(), &ckpt).unwrap();
+            let err = load(&path, &slots()).unwrap_err().to_string();
+            assert!(err.contains(what) && err.contains("broken"), "{what}: {err}");
+        }
+        save(&path, &slots(), &good).unwrap();
+        assert_eq!(load(&path, &slots()).unwrap(), good);
+    }
+
+    #[test]
+    fn a_layout_far_larger_than_the_file_is_an_error_not_an_allocation() {
+        // an edited config.json (d_model 100000) gives a layout of many TiB: loading must
+        // name the tensor that does not match, before it allocates anything that size
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        save(&path, &slots(), &Checkpoint { params: vec![0.0; 7], ..Default::default() }).unwrap();
+        let mut huge = slots();
+        huge[0].shape = vec![1 << 22, 1 << 22]; // 2^44 floats: 64 TiB
+        huge[1].offset = 1 << 44;
+        let err = load(&path, &huge).unwrap_err().to_string();
+        assert!(err.contains("wte") && err.contains("shape"), "{err}");
     }
 }

@@ -298,6 +298,20 @@ pub fn train_run(
         }
         let ckpt = checkpoint::load(&dir.checkpoint_path(), slots)?;
         start_epoch = ckpt.metadata.get("epoch").and_then(|e| e.parse().ok()).context("checkpoint has no epoch")?;
+        // the checkpoint of epoch k is written after k whole epochs of this run's loss: a
+        // header that says otherwise (edited, or another run's) would retrain finished
+        // epochs on trained weights and end, exit 0, with a run no command gives
+        let step = (start_epoch * data.steps_per_epoch).to_string();
+        let meta = |k: &str| ckpt.metadata.get(k).map(String::as_str);
+        if start_epoch == 0 || meta("step") != Some(step.as_str()) || meta("loss") != Some(loss_kind.name()) {
+            bail!(
+                "checkpoint {} is not one of this run's (epoch {start_epoch}, step {}, loss {}; expected step {step}, loss {}): cannot resume",
+                dir.checkpoint_path().display(),
+                meta("step").unwrap_or("none"),
+                meta("loss").unwrap_or("none"),
+                loss_kind.name()
+            );
+        }
         if ckpt.adam_m.is_empty() {
             bail!("checkpoint {} has no optimizer state to resume from", dir.checkpoint_path().display());
         }
