@@ -119,7 +119,7 @@ fi
 # 4. whole-step throughput per preset, against PyTorch eager on the same batches
 stepbench() { local rc=0 p; for p in fp32 tf32 bf16; do bin/cudaenc bench --device cuda --step --steps 20 --precision "$p" || rc=$?; done; return $rc; }
 export -f stepbench
-step "bench step (cudaenc fp32/tf32/bf16)" 45 90 04-bench.log note_step "${BASH_FN[@]}" stepbench
+step "bench step (cudaenc 3 precs)" 45 90 04-bench.log note_step "${BASH_FN[@]}" stepbench
 step "bench step (pytorch eager)" 40 70 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs eager-fp32,eager-tf32,eager-bf16 --budget-s 60
 
 # 5. the kernel table, cuBLAS as the limit (a cuBLAS failure is an n/a row)
