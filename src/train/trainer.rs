@@ -51,13 +51,6 @@ pub struct RunData {
     pub test: Option<Vec<Batch>>,
 }
 
-/// Loss and accuracy (percent) of a model on a set of batches, without dropout. A
-/// probability that is NaN or outside [0, 1] is an error, never a number in the result.
-pub fn evaluate(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(f64, f64)> {
-    let (probs, labels) = predictions(engine, batches)?;
-    loss_and_accuracy(&probs, &labels)
-}
-
 /// The probability of the positive class of every review of `batches`, without
 /// dropout, with the reviews' labels, in batch order.
 pub fn predictions(engine: &mut dyn Engine, batches: &[Batch]) -> Result<(Vec<f32>, Vec<u8>)> {
@@ -392,13 +385,19 @@ pub fn train_run(
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let last = epoch == cfg.epochs;
-        let (val_probs, val_labels) = predictions(engine, &data.val).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
-        let (val_loss, val_acc) = loss_and_accuracy(&val_probs, &val_labels).with_context(|| format!("validation after epoch {epoch}{}", kept()))?;
+        // probabilities, loss and accuracy of one evaluation set; an error names the set
+        let mut score = |batches: &[Batch], set: &str| -> Result<(Vec<f32>, Vec<u8>, f64, f64)> {
+            let context = || format!("{set} after epoch {epoch}{}", kept());
+            let (p, y) = predictions(engine, batches).with_context(context)?;
+            let (loss, acc) = loss_and_accuracy(&p, &y).with_context(context)?;
+            Ok((p, y, loss, acc))
+        };
+        let (val_probs, val_labels, val_loss, val_acc) = score(&data.val, "validation")?;
         let val_quality = last.then(|| ProbQuality::of(&val_probs, &val_labels));
         let (test_acc, test_quality) = match (&data.test, last) {
             (Some(test), true) => {
-                let (p, y) = predictions(engine, test).with_context(|| format!("test split after epoch {epoch}{}", kept()))?;
-                (Some(loss_and_accuracy(&p, &y).with_context(|| format!("test split after epoch {epoch}{}", kept()))?.1), Some(ProbQuality::of(&p, &y)))
+                let (p, y, _, acc) = score(test, "test split")?;
+                (Some(acc), Some(ProbQuality::of(&p, &y)))
             }
             _ => (None, None),
         };
