@@ -132,6 +132,9 @@ fn predict_checks_the_run_before_reading_standard_input() {
     std::fs::write(&f, "a fine film\n").unwrap();
     let e = fails(&cudaenc(&["predict", "--run", demo_run().to_str().unwrap(), "--file", f.to_str().unwrap(), "also this"]));
     assert!(e.contains("not both"), "{e}");
+    // a folder opens but cannot be read: the message names it
+    let e = fails(&cudaenc(&["predict", "--run", demo_run().to_str().unwrap(), "--file", tmp.path().to_str().unwrap()]));
+    assert!(e.contains(&format!("reading texts from {}", tmp.path().display())), "{e}");
 }
 
 #[test]

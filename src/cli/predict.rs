@@ -41,7 +41,11 @@ pub fn run(args: Args) -> Result<()> {
             )),
             None => Box::new(std::io::stdin().lock()),
         };
-        reader.split(b'\n').collect::<std::io::Result<_>>().context("reading texts")?
+        let from = || match &args.file {
+            Some(p) => format!("reading texts from {}", p.display()),
+            None => "reading texts from standard input".to_string(),
+        };
+        reader.split(b'\n').collect::<std::io::Result<_>>().with_context(from)?
     };
     // the cleaning, tokenizer and truncation of training, then length-sorted batches
     let policy = TextPolicy::of_run(&config)?;
