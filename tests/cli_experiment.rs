@@ -64,7 +64,11 @@ fn experiment_runs_reproduce_with_train_and_resume() {
     let o = experiment(&out, &["--resume"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming") && out.join("report.md").exists(), "{}", stderr(&o));
-    // a finished experiment resumes to itself: no run is trained again
+    // a finished experiment resumes to itself: no run is trained again; the temporary
+    // copy of a report a killed process left is removed, nothing else (pid 4194305 > pid_max)
+    let stale = out.join(".results.json.tmp.4194305.1");
+    std::fs::write(&stale, b"{").unwrap();
+    std::fs::write(out.join("my-notes.txt"), b"mine").unwrap();
     let seed4 = bytes(&out.join("bce-seed4/checkpoint.safetensors"));
     let seed5 = bytes(&out.join("bce-seed5/metrics.jsonl"));
     let o = experiment(&out, &["--resume"], None);
@@ -72,6 +76,9 @@ fn experiment_runs_reproduce_with_train_and_resume() {
     assert_eq!(stderr(&o).matches("already finished").count(), 2, "{}", stderr(&o));
     assert!(bytes(&out.join("bce-seed4/checkpoint.safetensors")) == seed4);
     assert_eq!(bytes(&out.join("bce-seed5/metrics.jsonl")), seed5);
+    assert!(!stale.exists() && bytes(&out.join("my-notes.txt")) == b"mine");
+    let temps: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp.")).collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
 
     // each run folder is what `train` gives with the same flags and that run's seed
     for seed in ["4", "5"] {
@@ -100,7 +107,7 @@ fn experiment_runs_reproduce_with_train_and_resume() {
 #[test]
 fn a_new_experiment_never_overwrites_a_report_it_did_not_write() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["report.md", "results.json", "accuracy_curves.svg"] {
+    for name in ["report.md", "results.json", "accuracy_curves.svg", "reliability_val.svg"] {
         let out = tmp.path().join(name.replace('.', "-"));
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join(name), b"my own notes\n").unwrap();

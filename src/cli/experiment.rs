@@ -68,7 +68,8 @@ fn table(title: &str, rows: &[(Loss, Vec<f64>)]) -> String {
 }
 
 /// The files an experiment writes beside its run folders, once all runs are done.
-const REPORT_FILES: [&str; 4] = ["report.md", "results.json", "accuracy_boxplot.svg", "accuracy_curves.svg"];
+const REPORT_FILES: [&str; 6] =
+    ["report.md", "results.json", "accuracy_boxplot.svg", "accuracy_curves.svg", "reliability_val.svg", "reliability_test.svg"];
 
 pub fn run(mut args: Args) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
@@ -93,6 +94,10 @@ pub fn run(mut args: Args) -> Result<()> {
         }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if args.resume {
+        // a process killed while writing the report left its temporary copies
+        crate::data::fsutil::remove_stale_temps(&out, &REPORT_FILES);
+    }
     let t0 = Instant::now();
     let mut results: Vec<(Loss, Vec<RunRecord>)> = Vec::new();
     let mut summary = None;

@@ -14,6 +14,28 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}.{nanos}", std::process::id()))
 }
 
+/// Remove the temporary files (`temp_path` names) of `names` in `dir` that a killed
+/// process left: only names of exactly that form (`.<name>.tmp.<pid>.<nanos>`) whose
+/// process no longer runs (no `/proc/<pid>`), so a write in progress elsewhere and files
+/// cudaenc did not create are left alone. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let stale = names.iter().any(|name| {
+            let Some(rest) = file.strip_prefix(&format!(".{name}.tmp.")) else { return false };
+            let Some((pid, nanos)) = rest.split_once('.') else { return false };
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            numeric(pid) && numeric(nanos) && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Write `path` through a temporary file and rename it into place; on any error the
 /// temporary file is removed and `path` is untouched.
 pub fn atomic_write<F>(path: &Path, f: F) -> Result<()>
@@ -53,4 +75,36 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `.<name>.tmp.<pid>.<nanos>` of a listed name whose process is gone is removed:
+    /// pid 4194305 is above Linux's largest pid_max (2^22), so it never runs.
+    #[test]
+    fn only_stale_temporary_copies_of_the_named_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let dead = ".results.json.tmp.4194305.17";
+        let keep = [
+            format!(".results.json.tmp.{me}.17"), // a write in progress (this process)
+            ".results.json.tmp.notes".to_string(), // not cudaenc's form
+            ".results.json.tmp.4194305.".to_string(),
+            ".other.json.tmp.4194305.17".to_string(), // not a listed name
+            "results.json".to_string(),
+        ];
+        for f in keep.iter().map(String::as_str).chain([dead]) {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(".report.md.tmp.4194305.3")).unwrap(); // a folder: left alone
+        assert_eq!(remove_stale_temps(dir.path(), &["results.json", "report.md"]), 1);
+        assert!(!dir.path().join(dead).exists());
+        for f in &keep {
+            assert!(dir.path().join(f).exists(), "{f} was removed");
+        }
+        assert!(dir.path().join(".report.md.tmp.4194305.3").is_dir());
+        assert_eq!(remove_stale_temps(&dir.path().join("missing"), &["results.json"]), 0);
+    }
 }

@@ -9,6 +9,12 @@ use std::path::Path;
 
 const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
+/// The SVG is drawn in memory and written through a temporary file renamed into place, so
+/// a killed process never leaves a half-written figure.
+fn write_svg(path: &Path, svg: &str) -> Result<()> {
+    crate::data::fsutil::atomic_write(path, |w| std::io::Write::write_all(w, svg.as_bytes()))
+}
+
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing failed: {e:?}")
 }
@@ -24,86 +30,94 @@ fn y_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f32> {
 
 /// Box plot: one box per group (label, validation accuracies of its runs).
 pub fn box_plot(path: &Path, title: &str, groups: &[(String, Vec<f64>)]) -> Result<()> {
-    let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
-    let range = y_range(groups.iter().flat_map(|(_, v)| v.iter().copied()));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(labels.into_segmented(), range)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .y_desc("validation accuracy (%)")
-        .disable_x_mesh()
-        .draw()
-        .map_err(plot_err)?;
-    for (i, (label, values)) in groups.iter().enumerate() {
-        let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-        let quartiles = Quartiles::new(&v);
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(std::iter::once(
-                Boxplot::new_vertical(SegmentValue::CenterOf(label), &quartiles).style(color),
-            ))
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
+        let range = y_range(groups.iter().flat_map(|(_, v)| v.iter().copied()));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(labels.into_segmented(), range)
             .map_err(plot_err)?;
-        // every run as a dot, so five runs are not hidden behind a box
         chart
-            .draw_series(v.iter().map(|&y| Circle::new((SegmentValue::CenterOf(label), y), 3, color.filled())))
+            .configure_mesh()
+            .y_desc("validation accuracy (%)")
+            .disable_x_mesh()
+            .draw()
             .map_err(plot_err)?;
+        for (i, (label, values)) in groups.iter().enumerate() {
+            let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+            let quartiles = Quartiles::new(&v);
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(std::iter::once(
+                    Boxplot::new_vertical(SegmentValue::CenterOf(label), &quartiles).style(color),
+                ))
+                .map_err(plot_err)?;
+            // every run as a dot, so five runs are not hidden behind a box
+            chart
+                .draw_series(v.iter().map(|&y| Circle::new((SegmentValue::CenterOf(label), y), 3, color.filled())))
+                .map_err(plot_err)?;
+        }
+        root.present().map_err(plot_err)?;
     }
-    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+    write_svg(path, &svg)
 }
 
 /// Training and validation accuracy per epoch for each given run (one color per run,
 /// solid validation, dashed-looking thin training line).
 pub fn accuracy_curves(path: &Path, title: &str, runs: &[(String, &RunRecord)]) -> Result<()> {
-    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let epochs = runs.iter().map(|(_, r)| r.epochs.len()).max().unwrap_or(1).max(1);
-    let range = y_range(
-        runs.iter().flat_map(|(_, r)| r.epochs.iter().flat_map(|e| [e.train_acc, e.val_acc])),
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.5f32..epochs as f32 + 0.5, range)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("accuracy (%)")
-        .draw()
-        .map_err(plot_err)?;
-    for (i, (label, run)) in runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts = |f: fn(&super::metrics::EpochMetrics) -> f64| {
-            run.epochs.iter().map(move |e| (e.epoch as f32, f(e) as f32)).collect::<Vec<_>>()
-        };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let epochs = runs.iter().map(|(_, r)| r.epochs.len()).max().unwrap_or(1).max(1);
+        let range = y_range(
+            runs.iter().flat_map(|(_, r)| r.epochs.iter().flat_map(|e| [e.train_acc, e.val_acc])),
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.5f32..epochs as f32 + 0.5, range)
+            .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(pts(|e| e.val_acc), color.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(format!("{label} validation"))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("accuracy (%)")
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (label, run)) in runs.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts = |f: fn(&super::metrics::EpochMetrics) -> f64| {
+                run.epochs.iter().map(move |e| (e.epoch as f32, f(e) as f32)).collect::<Vec<_>>()
+            };
+            chart
+                .draw_series(LineSeries::new(pts(|e| e.val_acc), color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(format!("{label} validation"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart
+                .draw_series(LineSeries::new(pts(|e| e.train_acc), color.mix(0.5).stroke_width(1)))
+                .map_err(plot_err)?
+                .label(format!("{label} train"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.mix(0.5)));
+        }
         chart
-            .draw_series(LineSeries::new(pts(|e| e.train_acc), color.mix(0.5).stroke_width(1)))
-            .map_err(plot_err)?
-            .label(format!("{label} train"))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.mix(0.5)));
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+    write_svg(path, &svg)
 }
 
 /// Reliability diagram: for each group (label, its calibration, e.g. all runs of one loss
@@ -111,44 +125,48 @@ pub fn accuracy_curves(path: &Path, title: &str, runs: &[(String, &RunRecord)]) 
 /// each non-empty bin (dots joined by a line), and the diagonal of
 /// perfect calibration. The legend gives each group's ECE.
 pub fn reliability_diagram(path: &Path, title: &str, groups: &[(String, &Calibration)]) -> Result<()> {
-    let root = SVGBackend::new(path, (640, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f32..1f32, 0f32..1f32)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("mean predicted probability of positive (per bin)")
-        .y_desc("fraction of positive reviews")
-        .draw()
-        .map_err(plot_err)?;
-    chart
-        .draw_series(LineSeries::new([(0f32, 0f32), (1f32, 1f32)], BLACK.mix(0.4)))
-        .map_err(plot_err)?
-        .label("perfect calibration")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    for (i, (label, cal)) in groups.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f32, f32)> = cal.points().iter().map(|&(_, p, f, _)| (p as f32, f as f32)).collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f32..1f32, 0f32..1f32)
+            .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .configure_mesh()
+            .x_desc("mean predicted probability of positive (per bin)")
+            .y_desc("fraction of positive reviews")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new([(0f32, 0f32), (1f32, 1f32)], BLACK.mix(0.4)))
             .map_err(plot_err)?
-            .label(format!("{label} (ECE {:.3})", cal.ece()))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        for (i, (label, cal)) in groups.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<(f32, f32)> = cal.points().iter().map(|&(_, p, f, _)| (p as f32, f as f32)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(format!("{label} (ECE {:.3})", cal.ece()))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err).with_context(|| format!("writing {}", path.display()))
+    write_svg(path, &svg)
 }
 
 #[cfg(test)]

@@ -151,13 +151,7 @@ impl RunDir {
     }
     /// Remove temporary files a killed process left (only cudaenc's own temporary names).
     pub fn remove_stale_temps(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.path) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if [CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE].iter().any(|f| name.starts_with(&format!(".{f}.tmp."))) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        crate::data::fsutil::remove_stale_temps(&self.path, &[CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE]);
     }
 }
 
