@@ -3,7 +3,7 @@
 //! two staging buffers alternating). Checked:
 //! - the layout (`Packing`) at awkward sizes (0, 1, odd, just past the alignment): parts
 //!   aligned, in order, not overlapping, gaps zeroed, bad input an error;
-//! - uploads of the training batch's five parts for batches of odd B and T with reviews
+//! - parts of random bytes at awkward sizes, and uploads of the training batch's five parts for batches of odd B and T with reviews
 //!   of length 0 and 1 read back exactly, part by part, through growing and shrinking
 //!   sizes; a part read as the wrong type, or a missing part, is an error;
 //! - launches between uploads read the upload enqueued before them (several uploads and
@@ -131,6 +131,27 @@ fn batch_uploads_read_back_exactly() {
             }
         }
         assert_eq!(st.counts().0, awkward_batches().len() as u64);
+    }
+}
+
+/// Parts of random bytes (every byte of a part can be any value, the last included) and
+/// awkward sizes: 0, 1, odd, across the alignment; more and fewer parts than before.
+#[test]
+fn random_parts_read_back_exactly() {
+    for gpu in devices("staging random parts") {
+        let mut rng = SplitMix64::new(11);
+        let mut st = Staging::new();
+        for round in 0..12 {
+            let n_parts = 1 + rng.below(6) as usize;
+            let sizes: Vec<usize> = (0..n_parts).map(|_| [0, 1, 3, 255, 257, 1000][rng.below(6) as usize]).collect();
+            let parts: Vec<Vec<u8>> = sizes.iter().map(|&s| (0..s).map(|_| 1 + rng.below(255) as u8).collect()).collect();
+            let refs: Vec<&[u8]> = parts.iter().map(|v| v.as_slice()).collect();
+            st.upload(&gpu, &refs).unwrap();
+            assert_eq!(st.packing(), &Packing::new(&sizes));
+            for (i, part) in parts.iter().enumerate() {
+                assert_eq!(&gpu.download(&st.part::<u8>(i).unwrap()).unwrap(), part, "{}: round {round}, part {i} of sizes {sizes:?}", gpu.name());
+            }
+        }
     }
 }
 
