@@ -3,9 +3,10 @@
 //! two staging buffers alternating). Checked:
 //! - the layout (`Packing`) at awkward sizes (0, 1, odd, just past the alignment): parts
 //!   aligned, in order, not overlapping, gaps zeroed, bad input an error;
-//! - parts of random bytes at awkward sizes, and uploads of the training batch's five parts for batches of odd B and T with reviews
-//!   of length 0 and 1 read back exactly, part by part, through growing and shrinking
-//!   sizes; a part read as the wrong type, or a missing part, is an error;
+//! - parts of random bytes at awkward sizes, and the training batch's five parts for
+//!   batches of odd B and T with reviews of length 0 and 1, read back exactly, part by
+//!   part, through growing and shrinking sizes; a part read as the wrong type, or a
+//!   missing part, is an error;
 //! - launches between uploads read the upload enqueued before them (several uploads and
 //!   launches queued with no wait between them, then read back);
 //! - whole training steps of different batch shapes queued back to back without a
