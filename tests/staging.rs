@@ -196,16 +196,21 @@ fn queued_steps_equal_synchronized_steps() {
     let optim = OptimConfig::default();
     let batches = awkward_batches();
     for gpu in devices("staging queued steps") {
+        // one run after the other: the engines share the device's stream, so a synchronize
+        // of one would also wait for the other's queued work
         let mut queued = GpuEngine::new(gpu.clone(), &cfg, &optim, 5, 6).unwrap();
-        let mut synced = GpuEngine::new(gpu.clone(), &cfg, &optim, 5, 6).unwrap();
-        let (mut tq, mut ts) = (StepTotals::default(), StepTotals::default());
+        let mut tq = StepTotals::default();
+        gpu.synchronize().unwrap();
         for (i, b) in batches.iter().enumerate() {
-            let step = i as u64 + 1;
-            queued.queue_step(b, 1e-2, step, &mut tq).unwrap();
-            synced.queue_step(b, 1e-2, step, &mut ts).unwrap();
-            synced.gpu.synchronize().unwrap();
+            queued.queue_step(b, 1e-2, i as u64 + 1, &mut tq).unwrap();
         }
         queued.flush_totals(&mut tq).unwrap();
+        let mut synced = GpuEngine::new(gpu.clone(), &cfg, &optim, 5, 6).unwrap();
+        let mut ts = StepTotals::default();
+        for (i, b) in batches.iter().enumerate() {
+            synced.queue_step(b, 1e-2, i as u64 + 1, &mut ts).unwrap();
+            synced.gpu.synchronize().unwrap();
+        }
         synced.flush_totals(&mut ts).unwrap();
         let name = gpu.name();
         assert_eq!(tq, ts, "{name}: step totals");

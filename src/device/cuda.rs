@@ -186,6 +186,7 @@ impl Pinned {
     /// Wait on the host until the last copy out of this memory has finished; true if it
     /// had not yet (the wait was real).
     pub(crate) fn wait_for_copy(&self) -> Result<bool> {
+        self.copied.context().bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
         let pending = !self.copied.try_is_complete().map_err(|e| anyhow!("cuda: staging event: {e:?}"))?;
         if pending {
             self.copied.synchronize().map_err(|e| anyhow!("cuda: staging event: {e:?}"))?;
@@ -379,6 +380,9 @@ impl Cuda {
     /// `src`'s event after it. No host wait: `src` must not be written until
     /// [`Pinned::wait_for_copy`] says the copy is done.
     pub(crate) fn htod_pinned(&self, dst: u64, src: &mut Pinned, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
         self.ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
         let host = &src.as_mut_slice()?[..bytes];
         // SAFETY: `host` is page-locked and stays alive (and unwritten) until `copied`
