@@ -305,7 +305,7 @@ impl GpuModel {
     }
 
     /// The forward pass up to the per-review losses and probabilities, without reading
-    /// anything back (the batch upload is the only wait).
+    /// anything back (on cuda the staged batch upload does not wait either).
     pub fn forward_launch(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<()> {
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
         if let Some(s) = dropout {
@@ -486,8 +486,8 @@ impl GpuEngine {
 
     /// One step, launched: forward, backward, norm, the statistics added on the device to
     /// `one_step` (for `train_step`) or else to `queued`, AdamW with the clip factor
-    /// computed on the device (skipped if the norm is not finite). Waits only for the
-    /// batch upload.
+    /// computed on the device (skipped if the norm is not finite). Does not wait for the
+    /// device (see `device::Staging` for the one rare wait of the batch upload).
     fn launch_step(&mut self, one_step: bool, batch: &Batch, lr: f32, step: u64) -> Result<()> {
         ensure!(step >= 1, "optimizer steps are 1-based");
         let (gpu, model, optim) = (&self.gpu, &mut self.model, &self.optim);
