@@ -6,7 +6,7 @@
 
 use super::{ptx, Arg, Dim3};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -172,6 +172,41 @@ impl DevMem {
     }
 }
 
+/// Page-locked host memory for staged uploads (`super::staging`), with an event recorded
+/// after each copy out of it, so that it is not overwritten while that copy may still run.
+pub(crate) struct Pinned {
+    host: PinnedHostSlice<u8>,
+    copied: CudaEvent,
+}
+
+impl Pinned {
+    pub(crate) fn len(&self) -> usize {
+        self.host.len()
+    }
+    /// Wait on the host until the last copy out of this memory has finished; true if it
+    /// had not yet (the wait was real).
+    pub(crate) fn wait_for_copy(&self) -> Result<bool> {
+        self.copied.context().bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
+        let pending = !self.copied.try_is_complete().map_err(|e| anyhow!("cuda: staging event: {e:?}"))?;
+        if pending {
+            self.copied.synchronize().map_err(|e| anyhow!("cuda: staging event: {e:?}"))?;
+        }
+        Ok(pending)
+    }
+    /// The memory, for packing; call [`Pinned::wait_for_copy`] first.
+    pub(crate) fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        // cudarc's own event of the slice is never recorded (we record `copied`): no wait
+        self.host.as_mut_slice().map_err(|e| anyhow!("cuda: pinned memory: {e:?}"))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // the memory is freed right after this: its last copy must have finished
+        let _ = self.copied.synchronize();
+    }
+}
+
 /// Why there is no usable CUDA device, or None when there is one (does not panic).
 pub fn unavailable_reason() -> Option<String> {
     if !unsafe { sys::is_culib_present() } {
@@ -329,6 +364,31 @@ impl Cuda {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
         unsafe { result::memcpy_htod_async(addr, src, self.stream.cu_stream()) }.map_err(|e| anyhow!("cuda: upload: {e:?}"))?;
         self.synchronize() // the host slice may go away right after
+    }
+
+    /// Page-locked host memory of `bytes` (plain, not write-combined: no GPU has measured
+    /// whether write-combining helps these small uploads).
+    pub(crate) fn alloc_pinned(&self, bytes: usize) -> Result<Pinned> {
+        let fail = |e| anyhow!("cuda: cannot allocate {bytes} bytes of page-locked host memory: {e:?}");
+        // SAFETY: the memory is uninitialized; the staging code writes every byte it copies
+        let host = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.map_err(fail)?;
+        let copied = self.ctx.new_event(None).map_err(fail)?;
+        Ok(Pinned { host, copied })
+    }
+
+    /// Enqueue one copy of the first `bytes` of `src` to device address `dst` and record
+    /// `src`'s event after it. No host wait: `src` must not be written until
+    /// [`Pinned::wait_for_copy`] says the copy is done.
+    pub(crate) fn htod_pinned(&self, dst: u64, src: &mut Pinned, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
+        let host = &src.as_mut_slice()?[..bytes];
+        // SAFETY: `host` is page-locked and stays alive (and unwritten) until `copied`
+        // completes: the staging code waits on it before writing or freeing the memory.
+        unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(|e| anyhow!("cuda: staged upload: {e:?}"))?;
+        src.copied.record(&self.stream).map_err(|e| anyhow!("cuda: staging event: {e:?}"))
     }
 
     pub(crate) fn dtoh(&self, dst: &mut [u8], addr: u64) -> Result<()> {

@@ -14,6 +14,9 @@
 
 pub mod cuda;
 pub mod emu;
+mod staging;
+
+pub use staging::{Packing, Staging, PART_ALIGN};
 
 use anyhow::{bail, Result};
 use bytemuck::Pod;

@@ -13,7 +13,7 @@
 use anyhow::{ensure, Result};
 
 use crate::config::{Loss, ModelConfig, OptimConfig};
-use crate::device::{Buf, Gpu, View};
+use crate::device::{Buf, Gpu, Staging, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_table, adamw_update_tensors};
@@ -86,12 +86,7 @@ struct Acts {
     dfch_gelu: Buf<f32>,   // (B,T,F)
     dpooled: Buf<f32>,     // (B,C)
     dlogits: Buf<f32>,     // (B,K)
-    // the batch
-    ids: Buf<u32>,        // (B,T)
-    lens: Buf<u32>,       // (B)
-    labels: Buf<u8>,      // (B)
-    emb_pos: Buf<u32>,    // (<= B*T) valid positions sorted by id (embedding backward order)
-    emb_starts: Buf<u32>, // (<= B*T) start of each distinct id's run
+    // the batch is not here: it is one staged upload, `GpuModel::input`
 }
 
 impl Acts {
@@ -133,13 +128,17 @@ impl Acts {
             dfch_gelu: z(n * f)?,
             dpooled: z(b * c)?,
             dlogits: z(b * k)?,
-            ids: gpu.zeros(n)?,
-            lens: gpu.zeros(b)?,
-            labels: gpu.zeros(b)?,
-            emb_pos: gpu.zeros(n)?,
-            emb_starts: gpu.zeros(n)?,
         })
     }
+}
+
+/// The batch on the device: the parts of one staged upload, in upload order.
+struct BatchInput<'a> {
+    ids: View<'a, u32>,        // (B,T)
+    lens: View<'a, u32>,       // (B)
+    labels: View<'a, u8>,      // (B)
+    emb_pos: View<'a, u32>,    // (valid tokens) positions sorted by id (embedding backward order)
+    emb_starts: View<'a, u32>, // (distinct ids) start of each distinct id's run in emb_pos
 }
 
 /// The first `len` elements of a buffer (the current batch's part).
@@ -167,10 +166,9 @@ pub struct GpuModel {
     cap: Cap,
     b: usize,
     t: usize,
-    /// Number of distinct ids of the current batch's valid tokens (embedding backward's grid).
-    n_unique: usize,
-    /// Number of valid (unpadded) tokens of the current batch (embedding backward's order).
-    n_valid: usize,
+    /// The current batch on the device: one buffer, filled by one staged copy per batch
+    /// (parts in the order of [`BatchInput`]).
+    input: Staging,
     /// Seeds of the last forward's dropout, if any (the backward applies the same masks).
     seeds: Option<DropoutSeeds>,
     norm: Buf<f32>,
@@ -221,8 +219,7 @@ impl GpuModel {
             cap: Cap::default(),
             b: 0,
             t: 0,
-            n_unique: 0,
-            n_valid: 0,
+            input: Staging::new(),
             seeds: None,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
@@ -243,12 +240,24 @@ impl GpuModel {
         buf.view(t.layer_range(l).start, t.layer_size())
     }
 
+    /// The current batch's parts on the device (views of the one staged upload).
+    fn batch_input(&self) -> Result<BatchInput<'_>> {
+        let i = &self.input;
+        Ok(BatchInput { ids: i.part(0)?, lens: i.part(1)?, labels: i.part(2)?, emb_pos: i.part(3)?, emb_starts: i.part(4)? })
+    }
+
+    /// Uploads of batches so far, and how many of them waited on the host for their
+    /// staging buffer's previous copy (cuda; see `device::Staging::counts`).
+    pub fn upload_counts(&self) -> (u64, u64) {
+        self.input.counts()
+    }
+
     pub fn zero_grad(&self, gpu: &Gpu) -> Result<()> {
         gpu.zero(&self.grads)
     }
 
     /// Check the batch against the model, size the activations for it and upload it
-    /// (ids, lens, labels, the embedding backward order).
+    /// (ids, lens, labels, the embedding backward order) in one staged copy.
     fn load_batch(&mut self, gpu: &Gpu, batch: &Batch) -> Result<()> {
         let (b, t) = (batch.batch_size, batch.seq_len);
         ensure!(batch.ids.len() == b * t, "batch ids are not (B, T)");
@@ -271,16 +280,17 @@ impl GpuModel {
             self.bwd_scratch = gpu.zeros(0)?; // free the old one first
             self.bwd_scratch = gpu.zeros(scratch)?;
         }
-        let a = self.acts.as_ref().unwrap();
-        let n = b * t;
-        gpu.write(&head(&a.ids, n), &batch.ids)?;
-        gpu.write(&head(&a.lens, b), &batch.lens)?;
-        gpu.write(&head(&a.labels, b), &batch.labels)?;
+        // the embedding backward order is sorted here while the device may still run the
+        // previous step; then the whole batch goes up in one copy (no host wait on cuda)
         let (pos, starts) = embedding_backward_order(&batch.ids, &batch.lens, t);
-        gpu.write(&head(&a.emb_pos, pos.len()), &pos)?;
-        gpu.write(&head(&a.emb_starts, starts.len()), &starts)?;
-        self.n_unique = starts.len();
-        self.n_valid = pos.len();
+        let parts: [&[u8]; 5] = [
+            bytemuck::cast_slice(&batch.ids),
+            bytemuck::cast_slice(&batch.lens),
+            &batch.labels,
+            bytemuck::cast_slice(&pos),
+            bytemuck::cast_slice(&starts),
+        ];
+        self.input.upload(gpu, &parts)?;
         self.b = b;
         self.t = t;
         Ok(())
@@ -295,7 +305,7 @@ impl GpuModel {
     }
 
     /// The forward pass up to the per-review losses and probabilities, without reading
-    /// anything back (the batch upload is the only wait).
+    /// anything back (on cuda the staged batch upload does not wait either).
     pub fn forward_launch(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<()> {
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
         if let Some(s) = dropout {
@@ -310,7 +320,7 @@ impl GpuModel {
         let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let w = &self.params;
-        let (ids, lens, labels) = (head(&a.ids, n), head(&a.lens, b), head(&a.labels, b));
+        let BatchInput { ids, lens, labels, .. } = self.batch_input()?;
         let x0 = head(&a.x0, nc);
         let (branch, branch_drop) = (head(&a.branch, nc), head(&a.branch_drop, nc));
 
@@ -366,7 +376,7 @@ impl GpuModel {
         let a = self.acts.as_ref().unwrap();
         let (w, g) = (&self.params, &self.grads);
         let ws = &self.bwd_scratch;
-        let (ids, lens, labels) = (head(&a.ids, n), head(&a.lens, b), head(&a.labels, b));
+        let BatchInput { ids, lens, labels, emb_pos: pos, emb_starts: starts } = self.batch_input()?;
         let (dres, dbranch, dln, datty) = (head(&a.dres, nc), head(&a.dbranch, nc), head(&a.dln, nc), head(&a.datty, nc));
         let (dqkv, dfch, dfch_gelu) = (head(&a.dqkv, n3c), head(&a.dfch, nf), head(&a.dfch_gelu, nf));
         let (dlogits, dpooled, probs) = (head(&a.dlogits, b * k), head(&a.dpooled, b * c), head(&a.probs, b * k));
@@ -397,7 +407,6 @@ impl GpuModel {
             layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
         }
         dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)
-        let (pos, starts) = (head(&a.emb_pos, self.n_valid), head(&a.emb_starts, self.n_unique));
         embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, n, c)?;
         Ok(())
     }
@@ -427,7 +436,7 @@ impl GpuModel {
     pub fn add_step_totals(&self, gpu: &Gpu, totals: &Buf<f64>, step: u64) -> Result<()> {
         let a = self.acts.as_ref().expect("forward first");
         let (b, k) = (self.b, self.cfg.loss.outputs());
-        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &head(&a.labels, b), &self.norm, b, k, step)
+        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &self.batch_input()?.labels, &self.norm, b, k, step)
     }
 
     /// Per-review losses of the last forward (B).
@@ -477,8 +486,8 @@ impl GpuEngine {
 
     /// One step, launched: forward, backward, norm, the statistics added on the device to
     /// `one_step` (for `train_step`) or else to `queued`, AdamW with the clip factor
-    /// computed on the device (skipped if the norm is not finite). Waits only for the
-    /// batch upload.
+    /// computed on the device (skipped if the norm is not finite). Does not wait for the
+    /// device (see `device::Staging` for the one rare wait of the batch upload).
     fn launch_step(&mut self, one_step: bool, batch: &Batch, lr: f32, step: u64) -> Result<()> {
         ensure!(step >= 1, "optimizer steps are 1-based");
         let (gpu, model, optim) = (&self.gpu, &mut self.model, &self.optim);
