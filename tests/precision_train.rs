@@ -7,19 +7,36 @@
 //! the run is tiny: width 16, 2 heads, 1 layer, the demo reviews of at most 12 tokens
 //! (800 of them for training, the 157 such validation reviews for validation), batch 8,
 //! 2 epochs, no dropout. fp32 reaches 80.9% validation accuracy (50% is chance); about
-//! 40 s for the three runs per fiber order on the loaded machine (a noisy number).
+//! 33-64 s wall (27-31 s of CPU) for the three runs per fiber order on the loaded machine.
 //!
 //! Tolerances. The run ends in the steep part of learning, where a small change to one
-//! step moves the whole trajectory (while choosing this configuration on the cpu device,
-//! fp32 with training seeds 1, 2, 3 ended at 72.6%, 81.5%, 77.7%): rounding the products'
-//! inputs to 10 (tf32) or 7 (bf16) mantissa bits is such a change. So the bound is not the
-//! GPU check's 0.3 points on IMDB but:
-//! - validation accuracy within 2.6 points (4 of the 157 reviews) of fp32's; measured in
-//!   both fiber orders (identical results): tf32 +0.00 points, bf16 -1.27 (2 reviews);
-//! - final-epoch training loss within 5% (relative) of fp32's; measured: tf32 0.3%, bf16
-//!   1.8% (and 3.3% in a neighbouring configuration tried while choosing this one).
-//! A broken tensor-core path does not fit these: a wrong product leaves the model at
-//! chance (about 50%, loss 0.69) or diverges.
+//! step moves the whole trajectory: fp32 in this configuration on the cpu device ends at
+//! 72.6%, 80.9%, 59.9%, 79.6%, 67.5%, 81.5% with seeds 1 to 6 (seed 2, used here, is one
+//! where it clearly learns). Rounding the products' inputs to 10 (tf32) or 7 (bf16)
+//! mantissa bits is such a change, so the tolerance is not the GPU check's 0.3 points on
+//! IMDB but the spread that rounding alone causes here, measured on the emulator with this
+//! test's configuration at six seeds (difference to fp32 of the same seed; accuracy in
+//! points, final training loss relative):
+//!
+//! | seed | fp32 acc | tf32 acc, loss | bf16 acc, loss |
+//! |---|---|---|---|
+//! | 1 | 72.61 | +0.00, 0.1% | +0.64, 0.7% |
+//! | 2 | 80.89 | +0.00, 0.3% | -1.27, 1.8% |
+//! | 4 | 79.62 | -1.91, 5.0% | -4.46, 8.4% |
+//! | 6 | 81.53 | -2.55, 0.0% | -3.18, 2.5% |
+//! | 7 | 71.97 | -0.64, 0.1% | +0.00, 1.7% |
+//! | 8 | 80.25 | +1.91, 0.8% | -3.18, 0.9% |
+//!
+//! (bf16 was below fp32 at 4 of the 6 seeds, mean -1.9 points: possibly a real cost of
+//! bf16 at this scale, not significant at 157 reviews; the GPU check's IMDB runs decide.)
+//! The bounds leave about 1.5x the worst of these: validation accuracy within 7 points
+//! (11 of the 157 reviews) of fp32's, final training loss within 12% of fp32's. (Seed 2's
+//! differences are among the small ones; another kernel's reassociation can move them
+//! anywhere in this range, hence bounds from all six seeds, not from seed 2 alone.) A
+//! broken tensor-core path is far outside: a wrong product leaves the model at chance
+//! (about 50%, 30 points below, loss 0.69, +37%) or diverges. Tried (docs/kernels.md,
+//! Mutation checks): a shifted lane index in the tensor-core GEMM left the tf32 run at
+//! 47.13%, and this test failed. Results are identical in both fiber orders.
 use cudaenc::cli::setup::{self, DataArgs, Device, Preset};
 use cudaenc::cli::train::tensor_slots;
 use cudaenc::config::{Loss, Precision};
@@ -33,10 +50,10 @@ use cudaenc::train::trainer::{train_run, Progress};
 const MAX_TOKENS: u32 = 12;
 const TRAIN_REVIEWS: usize = 800;
 const SEED: u64 = 2;
-/// Accuracy tolerance in points: 4 of the 157 validation reviews.
-const ACC_TOL: f64 = 2.6;
-/// Relative tolerance on the last epoch's training loss.
-const LOSS_TOL: f64 = 0.05;
+/// Accuracy tolerance in points: 11 of the 157 validation reviews (see above).
+const ACC_TOL: f64 = 7.0;
+/// Relative tolerance on the last epoch's training loss (see above).
+const LOSS_TOL: f64 = 0.12;
 
 fn train(precision: Precision) -> (RunRecord, usize) {
     let args = DataArgs {
