@@ -17,6 +17,9 @@
 //!
 //! dbias is an f32 column sum in every precision: the fp32 test's tolerance
 //! (max(1e-5, 3e-6 sqrt(N)) relative, tests/matmul.rs).
+//!
+//! Removed barriers, a shifted lane index and unrounded TF32 staging in the tensor-core GEMM
+//! were tried and are caught: docs/kernels.md, Mutation checks.
 mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64};

@@ -12,6 +12,8 @@
 //!   `(mmas + 2) * 2^-22 * sum_k |a_ik| |b_kj|` (4x the f32 unit roundoff per rounding, for
 //!   hardware that truncates). A wrong fragment index moves whole products to the wrong
 //!   output: an error of the order of the values themselves, orders of magnitude above it.
+//!   Tried in each wrapper's host twin, caught in both fiber orders (docs/kernels.md,
+//!   Mutation checks).
 mod common;
 
 use common::devices;
