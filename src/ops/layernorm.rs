@@ -1,4 +1,5 @@
-//! Launchers for `kernels/layernorm.cu`; reference: `crate::reference::layernorm`.
+//! Launchers for `kernels/layernorm.cu` (layer norm, and the dropout + residual add before
+//! it fused in); reference: `crate::reference::layernorm`.
 
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
 use anyhow::{ensure, Result};
@@ -54,6 +55,52 @@ pub fn layernorm_forward(
     }
     let args: [Arg; 8] = [out.arg(), mean.arg(), rstd.arg(), inp.arg(), weight.arg(), bias.arg(), n.into(), c.into()];
     gpu.launch("layernorm_forward", n, block_size(c), 0, &args)
+}
+
+/// The most C [`residual_layernorm_forward`] takes: its row of C floats in dynamic shared
+/// memory must fit the 227 KiB a block may have (sm_80/89/90).
+pub const RESIDUAL_LAYERNORM_MAX_C: usize = 227 * 1024 / 4;
+
+/// res (N, C), ln (N, C), mean (N), rstd (N)  <-  x (N, C), branch (N, C), weight (C), bias (C):
+/// `res = x + dropout(branch)` (the mask and scale of [`crate::ops::dropout::dropout_forward`]
+/// over the flat (N, C) tensor with this `seed` and `p`; p <= 0: no dropout), then
+/// `ln = layernorm(res)` as [`layernorm_forward`]. One launch, one pass over memory; the
+/// same values, bit for bit, as dropout_forward + residual_forward + layernorm_forward.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    gpu: &Gpu,
+    res: &impl DeviceSlice<f32>,
+    ln: &impl DeviceSlice<f32>,
+    mean: &impl DeviceSlice<f32>,
+    rstd: &impl DeviceSlice<f32>,
+    x: &impl DeviceSlice<f32>,
+    branch: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    bias: &impl DeviceSlice<f32>,
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let what = "residual_layernorm_forward";
+    ensure!(
+        [res.len(), ln.len(), x.len(), branch.len()].iter().all(|&l| l == n * c),
+        "{what}: res, ln, x and branch must be N*C = {}",
+        n * c
+    );
+    ensure!(mean.len() == n && rstd.len() == n && weight.len() == c && bias.len() == c, "{what}: shapes");
+    ensure!((1..=RESIDUAL_LAYERNORM_MAX_C).contains(&c), "{what}: C = {c} must be 1..={RESIDUAL_LAYERNORM_MAX_C}");
+    ensure!(p < 1.0 && !p.is_nan(), "{what}: p = {p} must be below 1");
+    if n == 0 {
+        return Ok(());
+    }
+    // the kept values' scale, rounded from f64 as dropout's launcher and the reference do
+    let scale = if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 };
+    let args: [Arg; 13] = [
+        res.arg(), ln.arg(), mean.arg(), rstd.arg(), x.arg(), branch.arg(), weight.arg(), bias.arg(),
+        seed.into(), p.into(), scale.into(), n.into(), c.into(),
+    ];
+    gpu.launch(what, n, block_size(c), (4 * c) as u32, &args)
 }
 
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout, inp, weight, mean, rstd.

@@ -1,8 +1,10 @@
 //! Layer norm over the last dimension: out = (x - mean) / sqrt(var + eps) * weight + bias.
+//! Also `residual_layernorm_forward`: the dropout + residual add before a layer norm, fused.
 //! Kernel: `kernels/layernorm.cu`; launcher: `src/ops/layernorm.rs`.
 
 use rayon::prelude::*;
 
+use super::dropout::dropout_forward;
 use super::Float;
 
 /// Rows per rayon task.
@@ -47,6 +49,32 @@ pub fn layernorm_forward<T: Float>(
                 *s_out = s;
             }
         });
+}
+
+/// res (N, C), ln (N, C), mean (N), rstd (N)  <-  x (N, C), branch (N, C), weight (C), bias (C):
+/// `res = x + dropout(branch)` (the mask of `dropout_forward` over the flat (N, C) tensor),
+/// then `ln = layernorm(res)`: the kernel's one-pass fusion of the three ops, here
+/// composed from them.
+pub fn residual_layernorm_forward<T: Float>(
+    res: &mut [T],
+    ln: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    x: &[T],
+    branch: &[T],
+    weight: &[T],
+    bias: &[T],
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) {
+    assert_eq!(x.len(), n * c);
+    dropout_forward(res, branch, seed, p);
+    for (r, &xi) in res.iter_mut().zip(x) {
+        *r = xi + *r;
+    }
+    layernorm_forward(ln, mean, rstd, res, weight, bias, n, c);
 }
 
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout (N, C), inp, weight, mean, rstd.
