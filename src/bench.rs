@@ -104,6 +104,8 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("dropout_backward", dropout_backward),
         ("layernorm_forward", layernorm_forward),
         ("layernorm_backward", layernorm_backward),
+        ("residual_layernorm_forward", |g, s| residual_layernorm(g, s, true)),
+        ("residual_layernorm unfused", |g, s| residual_layernorm(g, s, false)),
         ("attention_forward", |g, s| attention_forward(g, s.b, s.t, s.c, s.nh)),
         ("attention_forward long", |g, s| attention_forward(g, s.long().0, s.long().1, s.c, s.nh)),
         ("attention_backward", |g, s| attention_backward(g, s.b, s.t, s.c, s.nh)),
@@ -248,6 +250,34 @@ fn layernorm_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
         flops: 0.0,
         run: Box::new(move |g| {
             ops::layernorm::layernorm_backward(g, &dinp, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, n, c)
+        }),
+    })
+}
+
+/// The model's residual add with the layer norm after it: res = x + dropout(branch) (p 0.1),
+/// ln = layernorm(res). `fused`: residual_layernorm_forward, one launch. Otherwise the
+/// three launches it replaces (dropout_forward, residual_forward, layernorm_forward), which
+/// move 7 N*C floats instead of 4; both rows count the fused kernel's 4 (x and branch read,
+/// res and ln written), so their GB/s is the same work per second and compares directly.
+fn residual_layernorm(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Case> {
+    let (n, c) = (s.n(), s.c);
+    let (x, branch) = (rand_buf(gpu, n * c, 1)?, rand_buf(gpu, n * c, 2)?);
+    let (w, b) = (rand_buf(gpu, c, 3)?, rand_buf(gpu, c, 4)?);
+    let (res, ln, mean, rstd) = (gpu.zeros(n * c)?, gpu.zeros(n * c)?, gpu.zeros(n)?, gpu.zeros(n)?);
+    let branch_drop = gpu.zeros(if fused { 0 } else { n * c })?;
+    let (seed, p) = (42, 0.1);
+    Ok(Case {
+        shape: format!("N={n} C={c}{}", if fused { "" } else { " 3 launches" }),
+        bytes: F * (4 * n * c + 2 * c + 2 * n) as f64,
+        na: false,
+        flops: 0.0,
+        run: Box::new(move |g| {
+            if fused {
+                return ops::layernorm::residual_layernorm_forward(g, &res, &ln, &mean, &rstd, &x, &branch, &w, &b, seed, p, n, c);
+            }
+            ops::dropout::dropout_forward(g, &branch_drop, &branch, seed, p)?;
+            ops::residual::residual_forward(g, &res, &x, &branch_drop)?;
+            ops::layernorm::layernorm_forward(g, &ln, &mean, &rstd, &res, &w, &b, n, c)
         }),
     })
 }
