@@ -98,12 +98,15 @@ CUDAENC_REGISTER(residual_layernorm_forward)
 // longest. Blocks [ceil(C/32)*S, ..): one row of dinp each.
 // chunks == 1: += into dweight/dbias (scratch unused, may be null); chunks > 1: partials
 // (=) into scratch (chunks x 2C floats), layernorm_backward_reduce must follow.
-extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ dweight,
-                                              float* __restrict__ dbias, float* __restrict__ scratch,
-                                              const float* __restrict__ dout,
-                                              const float* __restrict__ inp, const float* __restrict__ weight,
-                                              const float* __restrict__ mean, const float* __restrict__ rstd,
-                                              int N, int C, int chunks, int chunk_len) {
+// The body of layernorm_backward and residual_layernorm_backward: with dbranch null, the
+// former; otherwise each dinp row block also writes dbranch = dropout'(the new dinp).
+__device__ __forceinline__ void layernorm_backward_body(float* __restrict__ dinp, float* __restrict__ dbranch,
+                                                        float* __restrict__ dweight, float* __restrict__ dbias,
+                                                        float* __restrict__ scratch, const float* __restrict__ dout,
+                                                        const float* __restrict__ inp, const float* __restrict__ weight,
+                                                        const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                        unsigned long long seed, float p, float scale,
+                                                        int N, int C, int chunks, int chunk_len) {
     __shared__ float scratch_s[32];
     __shared__ float part_w[32][32], part_b[32][32];
     const int lane = threadIdx.x % 32, g = threadIdx.x / 32, G = blockDim.x / 32;
@@ -124,10 +127,16 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
         a = block_reduce_sum(a, scratch_s) / C;
         b = block_reduce_sum(b, scratch_s) / C;
         float* di = dinp + (size_t)row * C;
+        const size_t base = (size_t)row * C;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
             const float norm = (x[i] - m) * s;
             const float dnorm = d[i] * weight[i];
-            di[i] += (dnorm - a - norm * b) * s;
+            const float g = di[i] + (dnorm - a - norm * b) * s;
+            di[i] = g;
+            if (dbranch) {  // dropout_backward of the new residual gradient, element base + i
+                const bool keep = p <= 0.0f || dropout_uniform(seed, base + i) >= p;
+                dbranch[base + i] = keep ? (p <= 0.0f ? g : g * scale) : 0.0f;
+            }
         }
         return;
     }
@@ -162,7 +171,35 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
         }
     }
 }
+
+extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ dweight,
+                                              float* __restrict__ dbias, float* __restrict__ scratch,
+                                              const float* __restrict__ dout,
+                                              const float* __restrict__ inp, const float* __restrict__ weight,
+                                              const float* __restrict__ mean, const float* __restrict__ rstd,
+                                              int N, int C, int chunks, int chunk_len) {
+    layernorm_backward_body(dinp, nullptr, dweight, dbias, scratch, dout, inp, weight, mean, rstd, 0ull, 0.0f, 1.0f,
+                            N, C, chunks, chunk_len);
+}
 CUDAENC_REGISTER(layernorm_backward)
+
+// The backward of residual_layernorm_forward's dropout fused into layernorm_backward:
+// layernorm_backward (dres (N,C) +=, dweight +=, dbias +=), and each row block then writes
+// dbranch (N,C) = dropout_backward(the new dres), element row*C + i with
+// dropout_backward's mask and scale (seed, p, scale). Grid, blocks, scratch and
+// layernorm_backward_reduce exactly as layernorm_backward. dres is read and written once
+// per element instead of written here and read again by dropout_backward.
+extern "C" __global__ void residual_layernorm_backward(float* __restrict__ dres, float* __restrict__ dbranch,
+                                                       float* __restrict__ dweight, float* __restrict__ dbias,
+                                                       float* __restrict__ scratch, const float* __restrict__ dout,
+                                                       const float* __restrict__ inp, const float* __restrict__ weight,
+                                                       const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                       unsigned long long seed, float p, float scale,
+                                                       int N, int C, int chunks, int chunk_len) {
+    layernorm_backward_body(dres, dbranch, dweight, dbias, scratch, dout, inp, weight, mean, rstd, seed, p, scale,
+                            N, C, chunks, chunk_len);
+}
+CUDAENC_REGISTER(residual_layernorm_backward)
 
 // Second pass of the row-split dweight/dbias (chunks > 1): for e < 2C,
 // (e < C ? dweight[e] : dbias[e-C]) += sum over s = 0..chunks-1, in that order, of

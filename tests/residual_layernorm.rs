@@ -1,4 +1,5 @@
-//! residual_layernorm_forward (dropout + residual add + layer norm in one kernel) vs the
+//! residual_layernorm_forward (dropout + residual add + layer norm in one kernel) and
+//! residual_layernorm_backward (layer norm backward + dropout backward in one pass) vs the
 //! f64 CPU reference, on emu (both fiber orders) and on cuda when present.
 //!
 //! Tolerance: relative error 1e-5 (floor 1e-2 of the tensor's largest |value|, see
@@ -14,13 +15,22 @@
 //! Mutation check (done by hand on the emulator, then reverted): removing the barrier
 //! that ends `block_reduce_sum` (the kernel calls it twice on one shared scratch: mean, then
 //! variance) and shifting the kernel's index (`row_res[i + 1]` in the variance loop; the
-//! dropout counter `base + i + 1`) each make this test fail.
+//! dropout counter `base + i + 1`) each make this test fail. Backward, likewise: removing
+//! the barrier before the column blocks sum their warps' partials (dweight/dbias then differ
+//! between runs), the backward's dropout counter `base + i + 1`, and dbranch computed from
+//! the wrong gradient each fail `residual_layernorm_backward_matches_f64_reference`.
+//! Backward tolerances: dres and dbranch 1e-5 (measured 3.5e-6), dweight/dbias f32 sums
+//! over N rows `max(1e-5, 6e-7 sqrt(N))` as tests/layernorm.rs (measured 1.1e-5 of 1.5e-5
+//! at N = 600, the 2-chunk split).
 mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64};
 use cudaenc::device::Gpu;
-use cudaenc::ops::dropout::dropout_forward;
-use cudaenc::ops::layernorm::{layernorm_forward, residual_layernorm_forward, RESIDUAL_LAYERNORM_MAX_C};
+use cudaenc::ops::dropout::{dropout_backward, dropout_forward};
+use cudaenc::ops::layernorm::{
+    layernorm_backward, layernorm_backward_chunks, layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_backward,
+    residual_layernorm_forward, RESIDUAL_LAYERNORM_MAX_C,
+};
 use cudaenc::ops::residual::residual_forward;
 use cudaenc::reference::dropout::dropout_keep;
 use cudaenc::reference::layernorm as reference;
@@ -109,6 +119,84 @@ fn residual_layernorm_matches_f64_reference() {
     assert!(failures.is_empty(), "residual_layernorm failures:\n{}", failures.join("\n"));
 }
 
+/// Backward (N, C, p): as the forward's, plus N = 600, C = 33 whose dweight/dbias rows
+/// split into 2 chunks (the layernorm_backward_reduce path).
+const BACKWARD_CASES: &[(usize, usize, f32)] = &[(1, 1, 0.0), (3, 1, 0.5), (4, 33, 0.0), (5, 257, 0.1), (2, 1500, 0.3), (600, 33, 0.1)];
+
+/// Tolerance of dweight/dbias, f32 sums over the N rows: tests/layernorm.rs's
+/// `max(1e-5, 6e-7 * sqrt(N))`.
+fn tol_sum(n: usize) -> f64 {
+    (6e-7 * (n as f64).sqrt()).max(TOL)
+}
+
+/// residual_layernorm_backward vs the f64 reference (dres and dbranch TOL, dweight/dbias
+/// tol_sum), bit-equal to layernorm_backward + dropout_backward, bit-identical rerun.
+/// Returns the worst error as a multiple of its tolerance.
+fn run_backward_case(gpu: &Gpu, n: usize, c: usize, p: f32) -> anyhow::Result<f64> {
+    let mut rng = SplitMix64::new(9000 * n as u64 + c as u64);
+    let seed = 0xBACC_0000_0000_0000u64 ^ (n * 131 + c) as u64;
+    let res = to_f32(&rng.normal_vec(n * c, 1.0)); // the forward's res
+    let weight = to_f32(&rng.normal_vec(c, 1.0));
+    let dout = to_f32(&rng.normal_vec(n * c, 1.0)); // dln
+    // accumulated into: start non-zero
+    let (dres0, dw0, db0) = (to_f32(&rng.normal_vec(n * c, 1.0)), to_f32(&rng.normal_vec(c, 1.0)), to_f32(&rng.normal_vec(c, 1.0)));
+    // mean and rstd of res as the forward computes them (in f32, as training saves them)
+    let (mut ln, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+    reference::layernorm_forward(&mut ln, &mut mean, &mut rstd, &res, &weight, &weight, n, c);
+
+    let (mut dres_r, mut dbranch_r, mut dw_r, mut db_r) = (to_f64(&dres0), vec![0.0; n * c], to_f64(&dw0), to_f64(&db0));
+    reference::residual_layernorm_backward(
+        &mut dres_r, &mut dbranch_r, &mut dw_r, &mut db_r, &to_f64(&dout), &to_f64(&res), &to_f64(&weight), &to_f64(&mean), &to_f64(&rstd), seed, p, n, c,
+    );
+
+    let (d_res, d_w, d_dout, d_mean, d_rstd) = (gpu.upload(&res)?, gpu.upload(&weight)?, gpu.upload(&dout)?, gpu.upload(&mean)?, gpu.upload(&rstd)?);
+    let scratch_len = layernorm_backward_scratch_len(n, c);
+    // NaN-filled scratch of exactly the helper's length and NaN dbranch: all must be written first
+    let nan = |len: usize| gpu.upload(&vec![f32::NAN; len]);
+    let run = |fused: bool| -> anyhow::Result<[Vec<f32>; 4]> {
+        let (d_dres, d_dw, d_db, d_dbranch, d_scratch) = (gpu.upload(&dres0)?, gpu.upload(&dw0)?, gpu.upload(&db0)?, nan(n * c)?, nan(scratch_len)?);
+        if fused {
+            residual_layernorm_backward(gpu, &d_dres, &d_dbranch, &d_dw, &d_db, &d_scratch, &d_dout, &d_res, &d_w, &d_mean, &d_rstd, seed, p, n, c)?;
+        } else {
+            layernorm_backward(gpu, &d_dres, &d_dw, &d_db, &d_scratch, &d_dout, &d_res, &d_w, &d_mean, &d_rstd, n, c)?;
+            dropout_backward(gpu, &d_dbranch, &d_dres, seed, p)?;
+        }
+        Ok([gpu.download(&d_dres)?, gpu.download(&d_dbranch)?, gpu.download(&d_dw)?, gpu.download(&d_db)?])
+    };
+    let got = run(true)?;
+    let dev = gpu.name();
+    let names = ["dres", "dbranch", "dweight", "dbias"];
+    let mut worst = 0.0f64;
+    let chunks = layernorm_backward_chunks(n, c).0;
+    for (k, want) in [&dres_r, &dbranch_r, &dw_r, &db_r].into_iter().enumerate() {
+        let tol = if k < 2 { TOL } else { tol_sum(n) };
+        let (e, i) = max_rel_err(&got[k], want);
+        println!("  {dev:<22} N={n:<3} C={c:<5} p={p:<4} S={chunks} {:<7} max rel err {e:.2e} tol {tol:.1e} (at {i}: got {} want {})", names[k], got[k][i], want[i]);
+        worst = worst.max(if e.is_nan() { f64::INFINITY } else { e / tol });
+    }
+    let unfused = run(false)?;
+    for k in 0..4 {
+        anyhow::ensure!(same_bits(&got[k], &unfused[k]), "{dev}: {} differs from layernorm_backward + dropout_backward", names[k]);
+    }
+    anyhow::ensure!(got.iter().zip(&run(true)?).all(|(a, b)| same_bits(a, b)), "{dev}: backward rerun differs");
+    Ok(worst)
+}
+
+#[test]
+fn residual_layernorm_backward_matches_f64_reference() {
+    let mut failures = Vec::new();
+    for gpu in devices("residual_layernorm_backward") {
+        for &(n, c, p) in BACKWARD_CASES {
+            match run_backward_case(&gpu, n, c, p) {
+                Ok(r) if r <= 1.0 => {}
+                Ok(r) => failures.push(format!("{} N={n} C={c} p={p}: max rel err {r:.2} x its tolerance", gpu.name())),
+                Err(e) => failures.push(format!("{} N={n} C={c} p={p}: {e:#}", gpu.name())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "residual_layernorm_backward failures:\n{}", failures.join("\n"));
+}
+
 /// Bad shapes and p are errors naming the kernel, before any launch; N = 0 is a no-op.
 #[test]
 fn residual_layernorm_bad_arguments_are_errors() {
@@ -126,6 +214,17 @@ fn residual_layernorm_bad_arguments_are_errors() {
     ] {
         let msg = format!("{:#}", e.expect_err(why));
         assert!(msg.contains("residual_layernorm_forward"), "{why}: {msg}");
+    }
+    // the backward: a short dbranch or dres, p >= 1
+    let s = z(layernorm_backward_scratch_len(n, c));
+    let (w, wc) = (z(c), z(c));
+    for (why, e) in [
+        ("short dbranch", residual_layernorm_backward(&gpu, &nc, &short, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 0.1, n, c)),
+        ("short dres", residual_layernorm_backward(&gpu, &short, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 0.1, n, c)),
+        ("p = 1", residual_layernorm_backward(&gpu, &nc, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 1.0, n, c)),
+    ] {
+        let msg = format!("{:#}", e.expect_err(why));
+        assert!(msg.contains("residual_layernorm_backward"), "{why}: {msg}");
     }
     let wide = RESIDUAL_LAYERNORM_MAX_C + 1;
     let (big, row) = (z(wide), z(1));

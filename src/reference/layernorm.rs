@@ -1,10 +1,11 @@
 //! Layer norm over the last dimension: out = (x - mean) / sqrt(var + eps) * weight + bias.
-//! Also `residual_layernorm_forward`: the dropout + residual add before a layer norm, fused.
+//! Also `residual_layernorm_forward`: the dropout + residual add before a layer norm, fused,
+//! and `residual_layernorm_backward`, the backward of that layer norm and dropout.
 //! Kernel: `kernels/layernorm.cu`; launcher: `src/ops/layernorm.rs`.
 
 use rayon::prelude::*;
 
-use super::dropout::dropout_forward;
+use super::dropout::{dropout_backward, dropout_forward};
 use super::Float;
 
 /// Rows per rayon task.
@@ -116,6 +117,29 @@ pub fn layernorm_backward<T: Float>(
             di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
+}
+
+/// dres (N, C) +=, dbranch (N, C) =, dweight (C) +=, dbias (C) +=  <-  dout (N, C), inp
+/// (the forward's res), weight, mean, rstd: the backward of [`residual_layernorm_forward`]'s
+/// layer norm and dropout, `layernorm_backward` into dres, then `dbranch =
+/// dropout_backward(dres)` with the forward's seed and p (the kernel does both in one pass).
+pub fn residual_layernorm_backward<T: Float>(
+    dres: &mut [T],
+    dbranch: &mut [T],
+    dweight: &mut [T],
+    dbias: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    mean: &[T],
+    rstd: &[T],
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) {
+    layernorm_backward(dres, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+    dropout_backward(dbranch, dres, seed, p);
 }
 
 #[cfg(test)]
