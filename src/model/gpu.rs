@@ -18,11 +18,11 @@ use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
-use crate::ops::dropout::{dropout_backward, dropout_forward};
+use crate::ops::dropout::dropout_forward;
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
-use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_forward};
+use crate::ops::layernorm::{layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_backward, residual_layernorm_forward};
 use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_launch, softmax_ce_backward, softmax_ce_forward_launch};
 use crate::ops::matmul::{matmul_backward_prec, matmul_backward_scratch_len, matmul_forward_prec};
 use crate::ops::steptotals::step_totals_add;
@@ -387,24 +387,27 @@ impl GpuModel {
         matmul_backward_prec(gpu, self.cfg.precision, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
         meanpool_backward(gpu, &dln, &dpooled, &lens, b, t, c)?; //                  (B,T,C)
         gpu.zero(&dres)?;
+        // Each layer norm's backward adds into dres and, in the same pass, writes dbranch =
+        // dropout'(dres) for the dropout whose residual add it reads (residual_layernorm_backward):
+        // lnf and ln1 of layer l > 0 the previous FFN branch's, ln2 the attention branch's,
+        // ln1 of layer 0 the embedding's.
         let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
-        layernorm_backward(gpu, &dres, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), n, c)?;
+        let before = |l: usize| if l == 0 { seed(&|s| s.embedding()) } else { seed(&|s| s.ffn(l - 1)) }; // the dropout feeding layer l
+        residual_layernorm_backward(gpu, &dres, &dbranch, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), before(nl), p, n, c)?;
         for l in (0..nl).rev() {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) };
-            // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres)
-            dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.ffn(l)), p)?; //      (B,T,C)
+            // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres) (in dbranch, written above)
             matmul_backward_prec(gpu, self.cfg.precision, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), ws, &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
             gelu_backward(gpu, &dfch, &dfch_gelu, &layer(&a.fch, l, nf))?; //          (B,T,F)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), n, c)?;
-            // res_attn = x + dropout(y)
-            dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
+            // res_attn = x + dropout(y): dy = dropout'(dres) into dbranch
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), seed(&|s| s.attn(l)), p, n, c)?;
             matmul_backward_prec(gpu, self.cfg.precision, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
             attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), before(l), p, n, c)?;
         }
-        dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)
+        // dbranch: dropout'(dres) of the embedding's dropout (written by layer 0's ln1, or lnf)
         let (pos, starts) = (head(&a.emb_pos, self.n_valid), head(&a.emb_starts, self.n_unique));
         embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, n, c)?;
         Ok(())
