@@ -104,6 +104,10 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("dropout_backward", dropout_backward),
         ("layernorm_forward", layernorm_forward),
         ("layernorm_backward", layernorm_backward),
+        ("residual_layernorm_forward", |g, s| residual_layernorm(g, s, true)),
+        ("residual_layernorm unfused", |g, s| residual_layernorm(g, s, false)),
+        ("residual_layernorm_backward", |g, s| residual_layernorm_backward(g, s, true)),
+        ("residual_layernorm_bwd unfused", |g, s| residual_layernorm_backward(g, s, false)),
         ("attention_forward", |g, s| attention_forward(g, s.b, s.t, s.c, s.nh)),
         ("attention_forward long", |g, s| attention_forward(g, s.long().0, s.long().1, s.c, s.nh)),
         ("attention_backward", |g, s| attention_backward(g, s.b, s.t, s.c, s.nh)),
@@ -248,6 +252,63 @@ fn layernorm_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
         flops: 0.0,
         run: Box::new(move |g| {
             ops::layernorm::layernorm_backward(g, &dinp, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, n, c)
+        }),
+    })
+}
+
+/// The model's residual add with the layer norm after it: res = x + dropout(branch) (p 0.1),
+/// ln = layernorm(res). `fused`: residual_layernorm_forward, one launch. Otherwise the
+/// three launches it replaces (dropout_forward, residual_forward, layernorm_forward), which
+/// move 7 N*C floats instead of 4; both rows count the fused kernel's 4 (x and branch read,
+/// res and ln written), so their GB/s is the same work per second and compares directly.
+fn residual_layernorm(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Case> {
+    let (n, c) = (s.n(), s.c);
+    let (x, branch) = (rand_buf(gpu, n * c, 1)?, rand_buf(gpu, n * c, 2)?);
+    let (w, b) = (rand_buf(gpu, c, 3)?, rand_buf(gpu, c, 4)?);
+    let (res, ln, mean, rstd) = (gpu.zeros(n * c)?, gpu.zeros(n * c)?, gpu.zeros(n)?, gpu.zeros(n)?);
+    let branch_drop = gpu.zeros(if fused { 0 } else { n * c })?;
+    let (seed, p) = (42, 0.1);
+    Ok(Case {
+        shape: format!("N={n} C={c}{}", if fused { "" } else { " 3 launches" }),
+        bytes: F * (4 * n * c + 2 * c + 2 * n) as f64,
+        na: false,
+        flops: 0.0,
+        run: Box::new(move |g| {
+            if fused {
+                return ops::layernorm::residual_layernorm_forward(g, &res, &ln, &mean, &rstd, &x, &branch, &w, &b, seed, p, n, c);
+            }
+            ops::dropout::dropout_forward(g, &branch_drop, &branch, seed, p)?;
+            ops::residual::residual_forward(g, &res, &x, &branch_drop)?;
+            ops::layernorm::layernorm_forward(g, &ln, &mean, &rstd, &res, &w, &b, n, c)
+        }),
+    })
+}
+
+/// The backward of that layer norm and dropout: dres += layernorm'(dln), dbranch =
+/// dropout'(dres). `fused`: residual_layernorm_backward, one pass; otherwise
+/// layernorm_backward then dropout_backward (which reads dres again: 6 N*C floats instead
+/// of 5). Both rows count the fused pass's 5 (dout and inp read, dres read and written,
+/// dbranch written; small vectors ignored), so their GB/s compares the same work.
+fn residual_layernorm_backward(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Case> {
+    let (n, c) = (s.n(), s.c);
+    let (dout, inp, w) = (rand_buf(gpu, n * c, 1)?, rand_buf(gpu, n * c, 2)?, rand_buf(gpu, c, 3)?);
+    let (mean, rstd) = (gpu.zeros(n)?, rand_buf(gpu, n, 4)?);
+    let (dres, dbranch, dw, db) = (gpu.zeros(n * c)?, gpu.zeros(n * c)?, gpu.zeros(c)?, gpu.zeros(c)?);
+    let scratch = gpu.zeros(ops::layernorm::layernorm_backward_scratch_len(n, c))?;
+    let (chunks, _) = ops::layernorm::layernorm_backward_chunks(n, c);
+    let (seed, p) = (42, 0.1);
+    Ok(Case {
+        shape: format!("N={n} C={c} S={chunks}{}", if fused { "" } else { " 2 launches" }),
+        bytes: F * (5 * n * c) as f64,
+        na: false,
+        flops: 0.0,
+        run: Box::new(move |g| {
+            use ops::layernorm::{layernorm_backward, residual_layernorm_backward};
+            if fused {
+                return residual_layernorm_backward(g, &dres, &dbranch, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, seed, p, n, c);
+            }
+            layernorm_backward(g, &dres, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, n, c)?;
+            ops::dropout::dropout_backward(g, &dbranch, &dres, seed, p)
         }),
     })
 }
@@ -547,7 +608,7 @@ pub fn run_cases(gpu: &Gpu, cases: Vec<(&'static str, Setup)>, filter: Option<&s
     let flush = if cuda { Some((gpu.zeros::<f32>(32 << 20)?, gpu.zeros::<f32>(32 << 20)?)) } else { None };
     println!("device {} shapes B={} T={} C={} NH={} F={} V={} L={}; {} repeats{}", gpu.name(), s.b, s.t, s.c, s.nh, s.f, s.v, s.l, repeats,
         if cuda { ", median, L2 flushed before each" } else { " (emu: proves each case runs; timings mean nothing)" });
-    println!("{:<26} {:<30} {:>9} {:>8} {:>8} {:>6} {:>6}", "case", "shape", "ms", "GB/s", "TFLOP/s", "%copy", "%sgemm");
+    println!("{:<30} {:<30} {:>9} {:>8} {:>8} {:>6} {:>6}", "case", "shape", "ms", "GB/s", "TFLOP/s", "%copy", "%sgemm");
     let mut results: Vec<Result1> = Vec::new();
     let (mut copy_gbps, mut sgemm_tflops) = (None, None);
     const REFS: [&str; 2] = ["copy", "cublas_sgemm 8192"];
@@ -556,7 +617,7 @@ pub fn run_cases(gpu: &Gpu, cases: Vec<(&'static str, Setup)>, filter: Option<&s
             continue;
         }
         let na_row = |results: &mut Vec<Result1>, shape: String, why: &str| {
-            println!("{name:<26} {shape:<30} {:>9} {:>8} {:>8} {:>6} {:>6} {why}", "n/a", "n/a", "n/a", "", "");
+            println!("{name:<30} {shape:<30} {:>9} {:>8} {:>8} {:>6} {:>6} {why}", "n/a", "n/a", "n/a", "", "");
             results.push(Result1 { name: name.into(), shape, ms: 0.0, gbps: 0.0, tflops: 0.0, na: true });
         };
         // a library reference (cuBLAS) that fails is an n/a row, never the end of the table
@@ -612,7 +673,7 @@ pub fn run_cases(gpu: &Gpu, cases: Vec<(&'static str, Setup)>, filter: Option<&s
             _ => String::new(),
         };
         let tf = if compute { format!("{tflops:.2}") } else { "-".into() };
-        println!("{name:<26} {:<30} {ms:>9.4} {gbps:>8.1} {tf:>8} {pct_copy:>6} {pct_sgemm:>6}", case.shape);
+        println!("{name:<30} {:<30} {ms:>9.4} {gbps:>8.1} {tf:>8} {pct_copy:>6} {pct_sgemm:>6}", case.shape);
         results.push(Result1 { name: name.into(), shape: case.shape, ms, gbps, tflops, na: false });
     }
     print_tc_vs_cublas(&results);

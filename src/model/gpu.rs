@@ -18,16 +18,15 @@ use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
-use crate::ops::dropout::{dropout_backward, dropout_forward};
+use crate::ops::dropout::dropout_forward;
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
-use crate::ops::layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
+use crate::ops::layernorm::{layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_backward, residual_layernorm_forward};
 use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_launch, softmax_ce_backward, softmax_ce_forward_launch};
 use crate::ops::matmul::{matmul_backward_prec, matmul_backward_scratch_len, matmul_forward_prec};
 use crate::ops::steptotals::step_totals_add;
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
-use crate::ops::residual::residual_forward;
 use crate::reference::embedding::embedding_backward_order;
 use crate::reference::model::DropoutSeeds;
 use crate::train::engine::{Engine, StepStats, StepTotals, STEP_TOTALS_SLOTS};
@@ -76,7 +75,6 @@ struct Acts {
     probs: Buf<f32>,       // (B,K)
     losses: Buf<f32>,      // (B)
     branch: Buf<f32>,      // (B,T,C) a branch's output before dropout
-    branch_drop: Buf<f32>, // (B,T,C) after dropout
     dres: Buf<f32>,        // (B,T,C) gradient of the residual stream (accumulates)
     dbranch: Buf<f32>,     // (B,T,C)
     dln: Buf<f32>,         // (B,T,C)
@@ -118,7 +116,6 @@ impl Acts {
             probs: z(b * k)?,
             losses: z(b)?,
             branch: z(n * c)?,
-            branch_drop: z(n * c)?,
             dres: z(n * c)?,
             dbranch: z(n * c)?,
             dln: z(n * c)?,
@@ -322,35 +319,46 @@ impl GpuModel {
         let w = &self.params;
         let BatchInput { ids, lens, labels, .. } = self.batch_input()?;
         let x0 = head(&a.x0, nc);
-        let (branch, branch_drop) = (head(&a.branch, nc), head(&a.branch_drop, nc));
+        let branch = head(&a.branch, nc);
 
         embedding_forward(gpu, &head(&a.emb, nc), &ids, &self.pv(w, idx::WTE), n, c)?; // (B,T,C)
         dropout_forward(gpu, &x0, &head(&a.emb, nc), seed(&|s| s.embedding()), p)?;
+        // Each residual add is fused with the layer norm that reads it (dropout of the
+        // branch, add, layer norm: residual_layernorm_forward): ln2 after the attention
+        // residual; after the FFN residual, the next layer's ln1 or lnf. Only layer 0's ln1
+        // (of x0) is a plain layer norm.
+        if nl > 0 {
+            layernorm_forward(gpu, &layer(&a.ln1, 0, nc), &layer(&a.ln1_mean, 0, n), &layer(&a.ln1_rstd, 0, n), &x0, &self.pl(w, idx::LN1_W, 0), &self.pl(w, idx::LN1_B, 0), n, c)?;
+        }
         for l in 0..nl {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) }; //     (B,T,C)
-            let ln1 = layer(&a.ln1, l, nc);
-            layernorm_forward(gpu, &ln1, &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), &x, &self.pl(w, idx::LN1_W, l), &self.pl(w, idx::LN1_B, l), n, c)?;
+            let ln1 = layer(&a.ln1, l, nc); // written by the previous layer's fused add (or above)
             let qkv = layer(&a.qkv, l, n3c); //                                      (B,T,3C)
             matmul_forward_prec(gpu, self.cfg.precision, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
             let atty = layer(&a.atty, l, nc); //                                     (B,T,C)
             attention_forward(gpu, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
             matmul_forward_prec(gpu, self.cfg.precision, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
-            dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.attn(l)), p)?;
-            let res_attn = layer(&a.res_attn, l, nc); //                             (B,T,C)
-            residual_forward(gpu, &res_attn, &x, &branch_drop)?;
-            let ln2 = layer(&a.ln2, l, nc);
-            layernorm_forward(gpu, &ln2, &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &res_attn, &self.pl(w, idx::LN2_W, l), &self.pl(w, idx::LN2_B, l), n, c)?;
+            let (res_attn, ln2) = (layer(&a.res_attn, l, nc), layer(&a.ln2, l, nc)); // (B,T,C)
+            // res_attn = x + dropout(branch), ln2 = layernorm(res_attn)
+            residual_layernorm_forward(gpu, &res_attn, &ln2, &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &x, &branch, &self.pl(w, idx::LN2_W, l), &self.pl(w, idx::LN2_B, l), seed(&|s| s.attn(l)), p, n, c)?;
             let fch = layer(&a.fch, l, nf); //                                       (B,T,F)
             matmul_forward_prec(gpu, self.cfg.precision, &fch, &ln2, &self.pl(w, idx::FC_W, l), Some(&self.pl(w, idx::FC_B, l)), n, c, f)?;
             let fch_gelu = layer(&a.fch_gelu, l, nf); //                             (B,T,F)
             gelu_forward(gpu, &fch_gelu, &fch)?;
             matmul_forward_prec(gpu, self.cfg.precision, &branch, &fch_gelu, &self.pl(w, idx::FC_PROJ_W, l), Some(&self.pl(w, idx::FC_PROJ_B, l)), n, f, c)?;
-            dropout_forward(gpu, &branch_drop, &branch, seed(&|s| s.ffn(l)), p)?;
-            residual_forward(gpu, &layer(&a.res_ffn, l, nc), &res_attn, &branch_drop)?; // (B,T,C)
+            // res_ffn = res_attn + dropout(branch), then the next layer norm of it
+            let (ln, mean, rstd, lw, lb) = if l + 1 < nl {
+                let next = l + 1;
+                (layer(&a.ln1, next, nc), layer(&a.ln1_mean, next, n), layer(&a.ln1_rstd, next, n), self.pl(w, idx::LN1_W, next), self.pl(w, idx::LN1_B, next))
+            } else {
+                (head(&a.lnf, nc), head(&a.lnf_mean, n), head(&a.lnf_rstd, n), self.pv(w, idx::LNF_W), self.pv(w, idx::LNF_B))
+            };
+            residual_layernorm_forward(gpu, &layer(&a.res_ffn, l, nc), &ln, &mean, &rstd, &res_attn, &branch, &lw, &lb, seed(&|s| s.ffn(l)), p, n, c)?; // (B,T,C)
         }
-        let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
-        let lnf = head(&a.lnf, nc);
-        layernorm_forward(gpu, &lnf, &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), &x, &self.pv(w, idx::LNF_W), &self.pv(w, idx::LNF_B), n, c)?; // (B,T,C)
+        let lnf = head(&a.lnf, nc); //                                               (B,T,C)
+        if nl == 0 {
+            layernorm_forward(gpu, &lnf, &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), &x0, &self.pv(w, idx::LNF_W), &self.pv(w, idx::LNF_B), n, c)?;
+        }
         let pooled = head(&a.pooled, b * c);
         meanpool_forward(gpu, &pooled, &lnf, &lens, b, t, c)?; //                    (B,C)
         let logits = head(&a.logits, b * k);
@@ -389,24 +397,27 @@ impl GpuModel {
         matmul_backward_prec(gpu, self.cfg.precision, &dpooled, &self.pv(g, idx::HEAD_W), Some(&self.pv(g, idx::HEAD_B)), ws, &dlogits, &head(&a.pooled, b * c), &self.pv(w, idx::HEAD_W), b, c, k)?; // (B,C)
         meanpool_backward(gpu, &dln, &dpooled, &lens, b, t, c)?; //                  (B,T,C)
         gpu.zero(&dres)?;
+        // Each layer norm's backward adds into dres and, in the same pass, writes dbranch =
+        // dropout'(dres) for the dropout whose residual add it reads (residual_layernorm_backward):
+        // lnf and ln1 of layer l > 0 the previous FFN branch's, ln2 the attention branch's,
+        // ln1 of layer 0 the embedding's.
         let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
-        layernorm_backward(gpu, &dres, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), n, c)?;
+        let before = |l: usize| if l == 0 { seed(&|s| s.embedding()) } else { seed(&|s| s.ffn(l - 1)) }; // the dropout feeding layer l
+        residual_layernorm_backward(gpu, &dres, &dbranch, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), before(nl), p, n, c)?;
         for l in (0..nl).rev() {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) };
-            // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres)
-            dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.ffn(l)), p)?; //      (B,T,C)
+            // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres) (in dbranch, written above)
             matmul_backward_prec(gpu, self.cfg.precision, &dfch_gelu, &self.pl(g, idx::FC_PROJ_W, l), Some(&self.pl(g, idx::FC_PROJ_B, l)), ws, &dbranch, &layer(&a.fch_gelu, l, nf), &self.pl(w, idx::FC_PROJ_W, l), n, f, c)?;
             gelu_backward(gpu, &dfch, &dfch_gelu, &layer(&a.fch, l, nf))?; //          (B,T,F)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), n, c)?;
-            // res_attn = x + dropout(y)
-            dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.attn(l)), p)?;
+            // res_attn = x + dropout(y): dy = dropout'(dres) into dbranch
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), seed(&|s| s.attn(l)), p, n, c)?;
             matmul_backward_prec(gpu, self.cfg.precision, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
             attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
-            layernorm_backward(gpu, &dres, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), n, c)?;
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), before(l), p, n, c)?;
         }
-        dropout_backward(gpu, &dbranch, &dres, seed(&|s| s.embedding()), p)?; //     (B,T,C)
+        // dbranch: dropout'(dres) of the embedding's dropout (written by layer 0's ln1, or lnf)
         embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, n, c)?;
         Ok(())
     }

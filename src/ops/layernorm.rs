@@ -1,4 +1,5 @@
-//! Launchers for `kernels/layernorm.cu`; reference: `crate::reference::layernorm`.
+//! Launchers for `kernels/layernorm.cu` (layer norm, and the dropout + residual add before
+//! it fused in); reference: `crate::reference::layernorm`.
 
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
 use anyhow::{ensure, Result};
@@ -56,6 +57,50 @@ pub fn layernorm_forward(
     gpu.launch("layernorm_forward", n, block_size(c), 0, &args)
 }
 
+/// The most C [`residual_layernorm_forward`] takes: its row of C floats in dynamic shared
+/// memory must fit the 227 KiB a block may have (sm_80/89/90).
+pub const RESIDUAL_LAYERNORM_MAX_C: usize = 227 * 1024 / 4;
+
+/// res (N, C), ln (N, C), mean (N), rstd (N)  <-  x (N, C), branch (N, C), weight (C), bias (C):
+/// `res = x + dropout(branch)` (the mask and scale of [`crate::ops::dropout::dropout_forward`]
+/// over the flat (N, C) tensor with this `seed` and `p`; p <= 0: no dropout), then
+/// `ln = layernorm(res)` as [`layernorm_forward`]. One launch, one pass over memory; the
+/// same values, bit for bit, as dropout_forward + residual_forward + layernorm_forward.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    gpu: &Gpu,
+    res: &impl DeviceSlice<f32>,
+    ln: &impl DeviceSlice<f32>,
+    mean: &impl DeviceSlice<f32>,
+    rstd: &impl DeviceSlice<f32>,
+    x: &impl DeviceSlice<f32>,
+    branch: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    bias: &impl DeviceSlice<f32>,
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let what = "residual_layernorm_forward";
+    ensure!(
+        [res.len(), ln.len(), x.len(), branch.len()].iter().all(|&l| l == n * c),
+        "{what}: res, ln, x and branch must be N*C = {}",
+        n * c
+    );
+    ensure!(mean.len() == n && rstd.len() == n && weight.len() == c && bias.len() == c, "{what}: shapes");
+    ensure!((1..=RESIDUAL_LAYERNORM_MAX_C).contains(&c), "{what}: C = {c} must be 1..={RESIDUAL_LAYERNORM_MAX_C}");
+    ensure!(p < 1.0 && !p.is_nan(), "{what}: p = {p} must be below 1");
+    if n == 0 {
+        return Ok(());
+    }
+    let args: [Arg; 13] = [
+        res.arg(), ln.arg(), mean.arg(), rstd.arg(), x.arg(), branch.arg(), weight.arg(), bias.arg(),
+        seed.into(), p.into(), dropout_scale(p).into(), n.into(), c.into(),
+    ];
+    gpu.launch(what, n, block_size(c), (4 * c) as u32, &args)
+}
+
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout, inp, weight, mean, rstd.
 /// `scratch`: at least [`layernorm_backward_scratch_len`]`(n, c)` floats of workspace
 /// (clobbered). When the rows are split, a second launch adds the per-chunk partials in
@@ -75,21 +120,80 @@ pub fn layernorm_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    ensure!(dinp.len() == n * c && dout.len() == n * c && inp.len() == n * c, "layernorm_backward: (N, C) tensors");
-    ensure!(dweight.len() == c && dbias.len() == c && weight.len() == c, "layernorm_backward: (C) tensors");
-    ensure!(mean.len() == n && rstd.len() == n, "layernorm_backward: (N) tensors");
+    ensure!(dinp.len() == n * c, "layernorm_backward: (N, C) tensors");
+    backward_launch(gpu, "layernorm_backward", &[dinp.arg()], dweight, dbias, scratch, dout, inp, weight, mean, rstd, &[], n, c)
+}
+
+/// The backward of [`residual_layernorm_forward`]'s dropout fused into the layer norm's:
+/// dres (N, C) +=, dweight (C) +=, dbias (C) += as [`layernorm_backward`] (dres is the
+/// residual stream's gradient, `inp` the forward's `res`), then dbranch (N, C) =
+/// `dropout_backward(dres)` with this `seed` and `p` (the forward's), in the same pass
+/// over dres. The same values, bit for bit, as layernorm_backward + dropout_backward.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_backward(
+    gpu: &Gpu,
+    dres: &impl DeviceSlice<f32>,
+    dbranch: &impl DeviceSlice<f32>,
+    dweight: &impl DeviceSlice<f32>,
+    dbias: &impl DeviceSlice<f32>,
+    scratch: &impl DeviceSlice<f32>,
+    dout: &impl DeviceSlice<f32>,
+    inp: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    mean: &impl DeviceSlice<f32>,
+    rstd: &impl DeviceSlice<f32>,
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let what = "residual_layernorm_backward";
+    ensure!(dres.len() == n * c && dbranch.len() == n * c, "{what}: dres and dbranch must be N*C = {}", n * c);
+    ensure!(p < 1.0 && !p.is_nan(), "{what}: p = {p} must be below 1");
+    let dropout: [Arg; 3] = [seed.into(), p.into(), dropout_scale(p).into()];
+    backward_launch(gpu, what, &[dres.arg(), dbranch.arg()], dweight, dbias, scratch, dout, inp, weight, mean, rstd, &dropout, n, c)
+}
+
+/// The kept values' scale, rounded from f64 as dropout's launcher and the reference do.
+fn dropout_scale(p: f32) -> f32 {
+    if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 }
+}
+
+/// Launch `name` (layernorm_backward or residual_layernorm_backward) with its leading
+/// gradient outputs `grads` (dinp, or dres and dbranch) and the dropout arguments (none,
+/// or seed, p, scale) before the sizes; then layernorm_backward_reduce if the rows split.
+#[allow(clippy::too_many_arguments)]
+fn backward_launch(
+    gpu: &Gpu,
+    name: &str,
+    grads: &[Arg],
+    dweight: &impl DeviceSlice<f32>,
+    dbias: &impl DeviceSlice<f32>,
+    scratch: &impl DeviceSlice<f32>,
+    dout: &impl DeviceSlice<f32>,
+    inp: &impl DeviceSlice<f32>,
+    weight: &impl DeviceSlice<f32>,
+    mean: &impl DeviceSlice<f32>,
+    rstd: &impl DeviceSlice<f32>,
+    dropout: &[Arg],
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    ensure!(dout.len() == n * c && inp.len() == n * c, "{name}: (N, C) tensors");
+    ensure!(dweight.len() == c && dbias.len() == c && weight.len() == c, "{name}: (C) tensors");
+    ensure!(mean.len() == n && rstd.len() == n, "{name}: (N) tensors");
     let need = layernorm_backward_scratch_len(n, c);
-    ensure!(scratch.len() >= need, "layernorm_backward: scratch of {} floats, N={n} C={c} needs {need}", scratch.len());
+    ensure!(scratch.len() >= need, "{name}: scratch of {} floats, N={n} C={c} needs {need}", scratch.len());
     if n == 0 || c == 0 {
         return Ok(());
     }
     let (chunks, chunk_len) = layernorm_backward_chunks(n, c);
     let grid = ceil_div(c, 32) * chunks + n; // column-chunk blocks, then N row blocks
-    let args: [Arg; 13] = [
-        dinp.arg(), dweight.arg(), dbias.arg(), scratch.arg(), dout.arg(), inp.arg(), weight.arg(), mean.arg(), rstd.arg(),
-        n.into(), c.into(), chunks.into(), chunk_len.into(),
-    ];
-    gpu.launch("layernorm_backward", grid, block_size(c), 0, &args)?;
+    let mut args: Vec<Arg> = grads.to_vec();
+    args.extend([dweight.arg(), dbias.arg(), scratch.arg(), dout.arg(), inp.arg(), weight.arg(), mean.arg(), rstd.arg()]);
+    args.extend_from_slice(dropout);
+    args.extend::<[Arg; 4]>([n.into(), c.into(), chunks.into(), chunk_len.into()]);
+    gpu.launch(name, grid, block_size(c), 0, &args)?;
     if chunks == 1 {
         return Ok(());
     }

@@ -1,8 +1,11 @@
 //! Layer norm over the last dimension: out = (x - mean) / sqrt(var + eps) * weight + bias.
+//! Also `residual_layernorm_forward`: the dropout + residual add before a layer norm, fused,
+//! and `residual_layernorm_backward`, the backward of that layer norm and dropout.
 //! Kernel: `kernels/layernorm.cu`; launcher: `src/ops/layernorm.rs`.
 
 use rayon::prelude::*;
 
+use super::dropout::{dropout_backward, dropout_forward};
 use super::Float;
 
 /// Rows per rayon task.
@@ -49,6 +52,32 @@ pub fn layernorm_forward<T: Float>(
         });
 }
 
+/// res (N, C), ln (N, C), mean (N), rstd (N)  <-  x (N, C), branch (N, C), weight (C), bias (C):
+/// `res = x + dropout(branch)` (the mask of `dropout_forward` over the flat (N, C) tensor),
+/// then `ln = layernorm(res)`: the kernel's one-pass fusion of the three ops, here
+/// composed from them.
+pub fn residual_layernorm_forward<T: Float>(
+    res: &mut [T],
+    ln: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    x: &[T],
+    branch: &[T],
+    weight: &[T],
+    bias: &[T],
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) {
+    assert_eq!(x.len(), n * c);
+    dropout_forward(res, branch, seed, p);
+    for (r, &xi) in res.iter_mut().zip(x) {
+        *r = xi + *r;
+    }
+    layernorm_forward(ln, mean, rstd, res, weight, bias, n, c);
+}
+
 /// dinp (N, C) +=, dweight (C) +=, dbias (C) +=  <-  dout (N, C), inp, weight, mean, rstd.
 /// `dinp` accumulates: layer norm always reads the residual stream.
 pub fn layernorm_backward<T: Float>(
@@ -88,6 +117,29 @@ pub fn layernorm_backward<T: Float>(
             di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
+}
+
+/// dres (N, C) +=, dbranch (N, C) =, dweight (C) +=, dbias (C) +=  <-  dout (N, C), inp
+/// (the forward's res), weight, mean, rstd: the backward of [`residual_layernorm_forward`]'s
+/// layer norm and dropout, `layernorm_backward` into dres, then `dbranch =
+/// dropout_backward(dres)` with the forward's seed and p (the kernel does both in one pass).
+pub fn residual_layernorm_backward<T: Float>(
+    dres: &mut [T],
+    dbranch: &mut [T],
+    dweight: &mut [T],
+    dbias: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    mean: &[T],
+    rstd: &[T],
+    seed: u64,
+    p: f32,
+    n: usize,
+    c: usize,
+) {
+    layernorm_backward(dres, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+    dropout_backward(dbranch, dres, seed, p);
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::metrics::RunRecord;
 use super::stats::Calibration;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;
 
