@@ -491,16 +491,20 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
 
 /// Bytes a training run needs at least, estimated from the model's shape: parameters,
 /// gradients and the two AdamW moments, plus the activations one batch keeps for the
-/// backward pass (per layer and token: about 9C + 2F values, and 2 x heads x T attention
-/// weights). `None` when the count does not even fit in 128 bits.
+/// backward pass (per layer and token: about 9C + 2F values and one log-sum-exp per
+/// head: the attention keeps no (T, T) weights), plus the CPU attention backward's two
+/// (T, T) scratch matrices per worker thread (`batch_size` > 0 only: on cuda the batch
+/// lives on the device). `None` when the count does not even fit in 128 bits.
 pub fn training_bytes(m: &ModelConfig, batch_size: usize) -> Option<u128> {
     let [v, c, l, f, k, t, b, nh] =
         [m.vocab, m.d_model, m.n_layer, m.d_ff, m.loss.outputs(), m.max_len, batch_size, m.n_head].map(|x| x as u128);
     let per_layer = (4 * c).checked_mul(c)?.checked_add((2 * f).checked_mul(c)?)?.checked_add(9 * c + f)?;
     let params = v.checked_mul(c)?.checked_add(l.checked_mul(per_layer)?)?.checked_add(2 * c + k * c + k)?;
-    let per_token_layer = (9 * c + 2 * f).checked_add((2 * nh).checked_mul(t)?)?;
+    let per_token_layer = (9 * c + 2 * f).checked_add(nh)?;
     let activations = b.checked_mul(t)?.checked_mul(l.checked_mul(per_token_layer)?.checked_add(4 * c)?)?;
-    params.checked_mul(4)?.checked_add(activations)?.checked_mul(4)
+    let threads = if b > 0 { rayon::current_num_threads() as u128 } else { 0 };
+    let scratch = (2 * threads).checked_mul(t.checked_mul(t)?)?;
+    params.checked_mul(4)?.checked_add(activations)?.checked_add(scratch)?.checked_mul(4)
 }
 
 /// Memory the system can give this process now (Linux: MemAvailable), if known.
@@ -660,5 +664,29 @@ impl RunConfig {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not a cudaenc run configuration", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attention keeps a log-sum-exp per query, not (T, T) weights, so the
+    /// activations grow linearly in T: the cpu preset on IMDB's vocabulary at 4096 tokens
+    /// fits in 2 GiB plus the per-thread scratch (the estimate read 33 GiB while it still
+    /// counted 2 x heads x T weights per token).
+    #[test]
+    fn training_bytes_is_linear_in_the_length() {
+        let h = Preset::Cpu.hyper();
+        let m = model_config(&h, 100_277, Loss::Bce).unwrap();
+        let params = 4 * 4 * 100_277 * 64u128;
+        let scratch = |t: usize| 4 * 2 * rayon::current_num_threads() as u128 * (t * t) as u128;
+        let bytes = training_bytes(&m, h.batch_size).unwrap();
+        assert!(bytes > params && bytes < (2 << 30) + scratch(4096), "{bytes} bytes");
+        let activations =
+            |t: usize| training_bytes(&ModelConfig { max_len: t, ..m.clone() }, h.batch_size).unwrap() - scratch(t) - training_bytes(&m, 0).unwrap();
+        assert_eq!(activations(4096), 2 * activations(2048));
+        // on cuda (batch 0 on the host) only the parameters, gradients and moments count
+        assert!(training_bytes(&m, 0).unwrap() < params + (1 << 20));
     }
 }
