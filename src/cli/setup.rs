@@ -86,8 +86,8 @@ impl Preset {
             precision: Precision::Fp32,
         };
         match self {
-            // Chosen on held-out movies of the train split (docs/training.md, "What each
-            // flag did on held-out movies"): the whole review (the longest IMDB review is
+            // Chosen on held-out movies of the train split (docs/training.md, "More of the
+            // list on held-out movies"): the whole review (the longest IMDB review is
             // 3,079 tokens), a lower learning rate, more dropout, token drop and label
             // smoothing, and 3 epochs (the held-out loss rises after epoch 2-3).
             Preset::Auto | Preset::Cpu => Hyper {
