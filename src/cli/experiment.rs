@@ -155,8 +155,20 @@ fn write_report(
     );
     let _ = writeln!(
         md,
-        "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}, max len {}, batch {}, lr {}, weight decay {}.\n",
-        h.d_model, h.n_layer, h.n_head, h.d_ff, h.dropout, h.token_drop, h.max_len, h.batch_size, h.lr, h.weight_decay
+        "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}{}, type drop {}, max len {}, batch {}, lr {}, weight decay {}, label smoothing {}.\n",
+        h.d_model,
+        h.n_layer,
+        h.n_head,
+        h.d_ff,
+        h.dropout,
+        h.token_drop,
+        h.token_drop_end.map(|e| format!(" to {e} at the last step")).unwrap_or_default(),
+        h.type_drop,
+        h.max_len,
+        h.batch_size,
+        h.lr,
+        h.weight_decay,
+        h.label_smoothing
     );
     md += &table("Validation accuracy (%) after the last epoch", &last);
     md += "\n";

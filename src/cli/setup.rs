@@ -40,6 +40,14 @@ pub struct Hyper {
     pub d_ff: usize,
     pub dropout: f32,
     pub token_drop: f32,
+    /// Embedding dropout by type (every occurrence of an id in a batch); 0 in every
+    /// preset, absent in older runs.
+    #[serde(default)]
+    pub type_drop: f32,
+    /// Token drop at the last step, reached linearly from `token_drop` (None in every
+    /// preset: constant; absent in older runs).
+    #[serde(default)]
+    pub token_drop_end: Option<f32>,
     pub max_len: usize,
     pub batch_size: usize,
     pub lr: f32,
@@ -74,6 +82,8 @@ impl Preset {
             d_ff: 256,
             dropout: 0.1,
             token_drop: 0.0,
+            type_drop: 0.0,
+            token_drop_end: None,
             max_len: 512,
             batch_size: 64,
             lr: 1e-3,
@@ -159,6 +169,14 @@ pub struct HyperArgs {
     /// Probability of dropping each input token of a training review
     #[arg(long)]
     pub token_drop: Option<f32>,
+    /// Probability of dropping every occurrence of a vocabulary id from a training batch
+    /// (embedding dropout by type); default 0 (off)
+    #[arg(long)]
+    pub type_drop: Option<f32>,
+    /// Token drop at the last step, reached linearly from --token-drop at the first
+    /// [default: the same as --token-drop: constant]
+    #[arg(long)]
+    pub token_drop_end: Option<f32>,
     /// Longest review in tokens; longer ones are truncated (see --truncate)
     #[arg(long)]
     pub max_len: Option<usize>,
@@ -210,6 +228,10 @@ impl HyperArgs {
         h.d_ff = self.d_ff.unwrap_or(h.d_ff);
         set(&mut h.dropout, self.dropout);
         set(&mut h.token_drop, self.token_drop);
+        set(&mut h.type_drop, self.type_drop);
+        if self.token_drop_end.is_some() {
+            h.token_drop_end = self.token_drop_end;
+        }
         h.max_len = self.max_len.unwrap_or(h.max_len);
         h.batch_size = self.batch_size.unwrap_or(h.batch_size);
         set(&mut h.lr, self.lr);
@@ -451,6 +473,10 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
     anyhow::ensure!(h.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(h.lr > 0.0 && h.lr.is_finite(), "--lr must be positive and finite, got {}", h.lr);
     anyhow::ensure!((0.0..1.0).contains(&h.token_drop), "--token-drop must be in [0, 1), got {}", h.token_drop);
+    anyhow::ensure!((0.0..1.0).contains(&h.type_drop), "--type-drop must be in [0, 1), got {}", h.type_drop);
+    if let Some(end) = h.token_drop_end {
+        anyhow::ensure!((0.0..1.0).contains(&end), "--token-drop-end must be in [0, 1), got {end}");
+    }
     anyhow::ensure!((0.0..=1.0).contains(&h.warmup_fraction), "--warmup must be in [0, 1], got {}", h.warmup_fraction);
     anyhow::ensure!(
         (0.0..=1.0).contains(&h.min_lr_fraction),
@@ -486,6 +512,8 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
         },
         seed,
         token_drop: h.token_drop,
+        type_drop: h.type_drop,
+        token_drop_end: h.token_drop_end,
     })
 }
 

@@ -29,9 +29,29 @@ impl Schedule {
     }
 }
 
+/// A value that goes linearly from `from` at step 1 to `to` at step `total_steps` (and
+/// stays there after): the token-drop schedule (`--token-drop-end`).
+pub fn linear_at(from: f32, to: f32, step: u64, total_steps: u64) -> f32 {
+    if total_steps <= 1 {
+        return to;
+    }
+    let progress = (step.max(1) - 1).min(total_steps - 1) as f64 / (total_steps - 1) as f64;
+    (from as f64 + (to as f64 - from as f64) * progress) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_goes_from_first_to_last_step() {
+        assert_eq!(linear_at(0.3, 0.0, 1, 101), 0.3);
+        assert!((linear_at(0.3, 0.0, 51, 101) - 0.15).abs() < 1e-7);
+        assert_eq!(linear_at(0.3, 0.0, 101, 101), 0.0);
+        assert_eq!(linear_at(0.3, 0.0, 500, 101), 0.0, "past the end stays at the end");
+        assert_eq!(linear_at(0.1, 0.5, 1, 1), 0.5, "a one-step run is at its end");
+        assert!((linear_at(0.1, 0.5, 26, 51) - 0.3).abs() < 1e-7, "rising works too");
+    }
 
     #[test]
     fn warmup_then_cosine_to_floor() {

@@ -39,6 +39,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Probability of dropping each input token of a training review (0: off).
     pub token_drop: f32,
+    /// Probability of dropping every occurrence of a vocabulary id from a training batch
+    /// (embedding dropout by type; 0: off, and absent in older runs).
+    #[serde(default)]
+    pub type_drop: f32,
+    /// Token drop at the last step, reached linearly from `token_drop` at the first
+    /// (None: constant `token_drop`; absent in older runs).
+    #[serde(default)]
+    pub token_drop_end: Option<f32>,
 }
 
 /// The batches a run trains and evaluates on. `train(epoch)` must be a pure function
@@ -82,17 +90,25 @@ pub fn loss_and_accuracy(probs: &[f32], labels: &[u8]) -> Result<(f64, f64)> {
     Ok((loss / n as f64, 100.0 * correct as f64 / n as f64))
 }
 
-/// Drop each valid token with probability `p` (seeded per review), keeping at least
-/// one token per review, and re-pad. A regularizer for a bag-of-tokens model.
-pub fn drop_tokens(batch: &Batch, p: f32, seed: u64) -> Batch {
-    if p <= 0.0 {
+/// Drop each valid token with probability `p` (seeded per review) and, with probability
+/// `type_p`, every occurrence of a vocabulary id in the batch (one draw per id and batch:
+/// embedding dropout by type, as Gal and Ghahramani 2016), keeping at least one token per
+/// review, and re-pad. A regularizer for a bag-of-tokens model. With `type_p` 0 the result
+/// is the same as before type drop existed (the same draws per token).
+pub fn drop_tokens(batch: &Batch, p: f32, type_p: f32, seed: u64) -> Batch {
+    if p <= 0.0 && type_p <= 0.0 {
         return batch.clone();
     }
     let mut rng = SplitMix64::new(seed);
+    // one draw per id, from (seed, id) alone: the same id is kept or dropped in every
+    // review of the batch, whatever the order the reviews come in
+    let type_seed = crate::rng::derive_seed(seed, 0, TYPE_DROP_SITE);
+    let type_dropped =
+        |id: u32| type_p > 0.0 && SplitMix64::new(crate::rng::derive_seed(type_seed, id as u64, 1)).uniform() < type_p as f64;
     let kept: Vec<Vec<u32>> = (0..batch.batch_size)
         .map(|b| {
             let row = &batch.ids[b * batch.seq_len..b * batch.seq_len + batch.lens[b] as usize];
-            let mut keep: Vec<u32> = row.iter().copied().filter(|_| rng.uniform() >= p as f64).collect();
+            let mut keep: Vec<u32> = row.iter().copied().filter(|&id| (rng.uniform() >= p as f64) & !type_dropped(id)).collect();
             if keep.is_empty() && !row.is_empty() {
                 keep.push(row[rng.below(row.len() as u64) as usize]);
             }
@@ -102,6 +118,9 @@ pub fn drop_tokens(batch: &Batch, p: f32, seed: u64) -> Batch {
     let refs: Vec<&[u32]> = kept.iter().map(|k| k.as_slice()).collect();
     Batch::from_reviews(&refs, &batch.labels)
 }
+
+/// The `site` of the type-drop seed (`rng::derive_seed`): apart from every other draw.
+const TYPE_DROP_SITE: u64 = 0x7479_7065; // "type"
 
 /// A run folder: `config.json`, `metrics.jsonl` (one line per epoch) and
 /// `checkpoint.safetensors` (after each epoch). Every file is written to a temporary
@@ -339,8 +358,12 @@ pub fn train_run(
             let step = ((epoch - 1) * data.steps_per_epoch + i + 1) as u64;
             lr = schedule.lr_at(step);
             let dropped;
-            let batch = if cfg.token_drop > 0.0 {
-                dropped = drop_tokens(batch, cfg.token_drop, crate::rng::derive_seed(cfg.seed, step, u64::MAX));
+            let token_drop = match cfg.token_drop_end {
+                Some(end) => super::schedule::linear_at(cfg.token_drop, end, step, total_steps),
+                None => cfg.token_drop,
+            };
+            let batch = if token_drop > 0.0 || cfg.type_drop > 0.0 {
+                dropped = drop_tokens(batch, token_drop, cfg.type_drop, crate::rng::derive_seed(cfg.seed, step, u64::MAX));
                 &dropped
             } else {
                 batch
@@ -465,14 +488,38 @@ mod tests {
     fn token_drop_keeps_order_labels_and_one_token() {
         let reviews: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6, 7, 8], &[9], &[]];
         let batch = Batch::from_reviews(&reviews, &[1, 0, 1]);
-        let out = drop_tokens(&batch, 0.5, 7);
+        let out = drop_tokens(&batch, 0.5, 0.0, 7);
         assert_eq!(out.labels, batch.labels);
         assert_eq!(out.lens[1], 1, "a one-token review keeps its token");
         assert_eq!(out.lens[2], 0, "an empty review stays empty");
         let kept = &out.ids[..out.lens[0] as usize];
         assert!(kept.windows(2).all(|w| w[0] < w[1]), "order is kept: {kept:?}");
         assert!(out.lens[0] >= 1 && out.lens[0] < 8, "about half dropped: {}", out.lens[0]);
-        assert_eq!(drop_tokens(&batch, 0.5, 7), out, "seeded");
-        assert_eq!(drop_tokens(&batch, 0.0, 7), batch);
+        assert_eq!(drop_tokens(&batch, 0.5, 0.0, 7), out, "seeded");
+        assert_eq!(drop_tokens(&batch, 0.0, 0.0, 7), batch);
+    }
+
+    #[test]
+    fn type_drop_drops_an_id_everywhere_in_the_batch() {
+        let n = 2000u32;
+        let forward: Vec<u32> = (0..n).collect();
+        let backward: Vec<u32> = (0..n).rev().collect();
+        let batch = Batch::from_reviews(&[&forward[..], &backward[..], &[5, 5, 5]], &[1, 0, 1]);
+        let out = drop_tokens(&batch, 0.0, 0.3, 11);
+        let kept = |b: usize| {
+            let mut k = out.ids[b * out.seq_len..b * out.seq_len + out.lens[b] as usize].to_vec();
+            k.sort_unstable();
+            k
+        };
+        assert_eq!(kept(0), kept(1), "an id is kept or dropped in every review of the batch alike");
+        // 2000 draws at 0.3: standard deviation 20.5 ids; 5 of them either side
+        let dropped = n as usize - kept(0).len();
+        assert!((600 - 103..=600 + 103).contains(&dropped), "{dropped} of {n} ids dropped at 0.3");
+        assert!(out.lens[2] == 3 || out.lens[2] == 1, "id 5 kept three times, or dropped and one token kept");
+        assert_eq!(drop_tokens(&batch, 0.0, 0.3, 11), out, "seeded");
+        assert_ne!(drop_tokens(&batch, 0.0, 0.3, 12).ids, out.ids, "another step, other ids");
+        // both at once: no more kept than either alone
+        let both = drop_tokens(&batch, 0.5, 0.3, 11);
+        assert!(both.lens[0] < out.lens[0] && both.lens[0] < drop_tokens(&batch, 0.5, 0.0, 11).lens[0]);
     }
 }
