@@ -114,3 +114,66 @@ fn emu_run_agrees_with_cpu_run() {
         assert!((c.val_acc - e.val_acc).abs() <= 100.0 / n_val + 1e-9, "epoch {}: val acc differs", c.epoch);
     }
 }
+
+/// `--ema`: the checkpoint's parameters are the moving average (what was evaluated: the
+/// record's validation loss is that of the saved parameters, to the bit), the raw weights
+/// are kept under `train.`, and an interrupted run resumes bit-identical.
+#[test]
+fn ema_run_evaluates_and_saves_the_average_and_resumes_bit_identical() {
+    use cudaenc::train::trainer::{loss_and_accuracy, predictions};
+    let loaded = setup::load_data(&DataArgs { train_subset: Some(300), ..demo_args() }, 4).unwrap();
+    let h = setup::Hyper { epochs: 3, dropout: 0.2, token_drop: 0.2, ema: 0.9, ..Preset::Demo.hyper() };
+    let cfg = setup::model_config(&h, loaded.vocab, Loss::Bce).unwrap();
+    let tcfg = setup::train_config(&h, 4).unwrap();
+    let slots = tensor_slots(&ParamLayout::new(&cfg));
+    let tmp = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"test": true});
+    let run = |tcfg: &cudaenc::train::trainer::TrainConfig, dir: &std::path::Path, stop_after: Option<usize>, resume: bool| {
+        let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 4);
+        let run_dir = if resume { RunDir { path: dir.to_path_buf() } } else { RunDir::create(dir, &config).unwrap() };
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap();
+        train_run(engine.as_mut(), Loss::Bce, tcfg, &data, &slots, Some(&run_dir), resume, &progress(stop_after))
+    };
+    let straight = tmp.path().join("straight");
+    let a = run(&tcfg, &straight, None, false).unwrap();
+    let ca = checkpoint::load(&straight.join("checkpoint.safetensors"), &slots).unwrap();
+    assert_eq!(ca.train_params.len(), ca.params.len(), "the raw weights are saved beside the average");
+    let moved = ca.params.iter().zip(&ca.train_params).filter(|(x, y)| x != y).count();
+    println!("ema: {moved} of {} saved parameters differ from the raw weights (want most)", ca.params.len());
+    assert!(moved > ca.params.len() / 2);
+    // and it is an average of the last steps' weights (decay 0.9: about the last ten of
+    // 30), far closer to the raw weights than the initial ones are
+    let init = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap().params().unwrap();
+    let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let (to_avg, to_init) = (dist(&ca.params, &ca.train_params), dist(&init, &ca.train_params));
+    println!("ema: raw weights {to_avg:.4} from the average, {to_init:.4} from the initial weights (want < 1/4 of it)");
+    assert!(to_avg < 0.25 * to_init);
+
+    let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 4);
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap();
+    engine.load_state(&ca.params, &ca.adam_m, &ca.adam_v).unwrap();
+    let (p, y) = predictions(engine.as_mut(), &data.val).unwrap();
+    let (loss, acc) = loss_and_accuracy(&p, &y).unwrap();
+    let last = a.last().unwrap();
+    println!("ema: saved parameters give val loss {loss:.6} acc {acc:.2}%; the record says {:.6} {:.2}%", last.val_loss, last.val_acc);
+    assert_eq!((loss.to_bits(), acc), (last.val_loss.to_bits(), last.val_acc), "the average is what was evaluated");
+
+    let interrupted = tmp.path().join("interrupted");
+    run(&tcfg, &interrupted, Some(1), false).unwrap();
+    let plain = cudaenc::train::trainer::TrainConfig { ema: 0.0, ..tcfg.clone() };
+    let err = run(&plain, &interrupted, None, true).unwrap_err().to_string();
+    assert!(err.contains("moving average"), "resuming an --ema checkpoint without it: {err}");
+    let b = run(&tcfg, &interrupted, None, true).unwrap();
+    let cb = checkpoint::load(&interrupted.join("checkpoint.safetensors"), &slots).unwrap();
+    // the average only watches: training without it takes the very same steps
+    let without = tmp.path().join("without");
+    let c = run(&plain, &without, None, false).unwrap();
+    let cc = checkpoint::load(&without.join("checkpoint.safetensors"), &slots).unwrap();
+    assert!(cc.params == ca.train_params && cc.adam_m == ca.adam_m, "the raw weights are those of a run without --ema");
+    assert!(a.epochs.iter().zip(&c.epochs).all(|(x, y)| x.train_loss.to_bits() == y.train_loss.to_bits()));
+    assert!(ca.params == cb.params && ca.train_params == cb.train_params, "average and raw weights identical after resume");
+    assert!(ca.adam_m == cb.adam_m && ca.adam_v == cb.adam_v, "optimizer state identical");
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!(x.val_loss.to_bits(), y.val_loss.to_bits(), "epoch {} val loss", x.epoch);
+    }
+}

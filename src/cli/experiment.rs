@@ -155,7 +155,7 @@ fn write_report(
     );
     let _ = writeln!(
         md,
-        "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}{}, type drop {}, max len {}, batch {}, lr {}, weight decay {}, label smoothing {}.\n",
+        "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}{}, type drop {}, max len {}, batch {}, lr {}, weight decay {}, label smoothing {}, EMA {}.\n",
         h.d_model,
         h.n_layer,
         h.n_head,
@@ -168,7 +168,8 @@ fn write_report(
         h.batch_size,
         h.lr,
         h.weight_decay,
-        h.label_smoothing
+        h.label_smoothing,
+        if h.ema > 0.0 { h.ema.to_string() } else { "off".to_string() }
     );
     md += &table("Validation accuracy (%) after the last epoch", &last);
     md += "\n";

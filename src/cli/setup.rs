@@ -48,6 +48,10 @@ pub struct Hyper {
     /// preset: constant; absent in older runs).
     #[serde(default)]
     pub token_drop_end: Option<f32>,
+    /// Decay of the moving average of the weights that is evaluated and saved (0 in every
+    /// preset: off; absent in older runs).
+    #[serde(default)]
+    pub ema: f32,
     pub max_len: usize,
     pub batch_size: usize,
     pub lr: f32,
@@ -84,6 +88,7 @@ impl Preset {
             token_drop: 0.0,
             type_drop: 0.0,
             token_drop_end: None,
+            ema: 0.0,
             max_len: 512,
             batch_size: 64,
             lr: 1e-3,
@@ -177,6 +182,10 @@ pub struct HyperArgs {
     /// [default: the same as --token-drop: constant]
     #[arg(long)]
     pub token_drop_end: Option<f32>,
+    /// Evaluate and save an exponential moving average of the weights with this decay
+    /// (e.g. 0.999), in [0, 1); default 0 (off: the weights themselves)
+    #[arg(long)]
+    pub ema: Option<f32>,
     /// Longest review in tokens; longer ones are truncated (see --truncate)
     #[arg(long)]
     pub max_len: Option<usize>,
@@ -229,6 +238,7 @@ impl HyperArgs {
         set(&mut h.dropout, self.dropout);
         set(&mut h.token_drop, self.token_drop);
         set(&mut h.type_drop, self.type_drop);
+        set(&mut h.ema, self.ema);
         if self.token_drop_end.is_some() {
             h.token_drop_end = self.token_drop_end;
         }
@@ -474,6 +484,7 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
     anyhow::ensure!(h.lr > 0.0 && h.lr.is_finite(), "--lr must be positive and finite, got {}", h.lr);
     anyhow::ensure!((0.0..1.0).contains(&h.token_drop), "--token-drop must be in [0, 1), got {}", h.token_drop);
     anyhow::ensure!((0.0..1.0).contains(&h.type_drop), "--type-drop must be in [0, 1), got {}", h.type_drop);
+    anyhow::ensure!((0.0..1.0).contains(&h.ema), "--ema must be in [0, 1), got {}", h.ema);
     if let Some(end) = h.token_drop_end {
         anyhow::ensure!((0.0..1.0).contains(&end), "--token-drop-end must be in [0, 1), got {end}");
     }
@@ -514,6 +525,7 @@ pub fn train_config(h: &Hyper, seed: u64) -> Result<TrainConfig> {
         token_drop: h.token_drop,
         type_drop: h.type_drop,
         token_drop_end: h.token_drop_end,
+        ema: h.ema,
     })
 }
 

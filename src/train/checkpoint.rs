@@ -1,6 +1,8 @@
 //! Checkpoints in safetensors: every parameter tensor under its layout name (so other
 //! tools can load the model), the AdamW moments under `adamw_m.` / `adamw_v.` prefixes,
-//! and string metadata (configuration, step, epoch). Written atomically: a temporary
+//! the raw training weights of a run with `--ema` under `train.` (its unprefixed tensors
+//! are then the moving average: the model that was evaluated, and the one eval, predict
+//! and serve load), and string metadata (configuration, step, epoch). Written atomically: a temporary
 //! file renamed into place, so an interrupted write never leaves a half checkpoint.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -27,12 +29,16 @@ impl TensorSlot {
     }
 }
 
-/// Parameters, optimizer moments (empty when absent) and metadata of one checkpoint.
+/// Parameters, optimizer moments (empty when absent), the raw training weights of a run
+/// with `--ema` (empty otherwise) and metadata of one checkpoint.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Checkpoint {
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
+    /// With `--ema`: the weights training goes on from (`params` is then their moving
+    /// average). Empty without.
+    pub train_params: Vec<f32>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -54,6 +60,10 @@ pub fn save(path: &Path, slots: &[TensorSlot], ckpt: &Checkpoint) -> Result<()> 
     if with_moments {
         buffers.push(("adamw_m.", &ckpt.adam_m));
         buffers.push(("adamw_v.", &ckpt.adam_v));
+    }
+    if !ckpt.train_params.is_empty() {
+        ensure!(ckpt.train_params.len() == n, "training weights do not match the layout");
+        buffers.push(("train.", &ckpt.train_params));
     }
     let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     header.insert("__metadata__".into(), serde_json::to_value(&ckpt.metadata)?);
@@ -122,10 +132,17 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
     let adam_m = read("adamw_m.")?.unwrap_or_default();
     let adam_v = read("adamw_v.")?.unwrap_or_default();
     ensure!(adam_m.len() == adam_v.len(), "checkpoint has only one of the two AdamW moments");
+    let train_params = read("train.")?.unwrap_or_default();
     // cudaenc never saves a non-finite parameter (the training loop refuses to), so one
     // here means a damaged file: refuse it whole, rather than let eval, predict or a
     // resume find it in some outputs only (or never, for a finished run's --resume)
-    for (prefix, buf, min) in [("", &params, f32::NEG_INFINITY), ("adamw_m.", &adam_m, f32::NEG_INFINITY), ("adamw_v.", &adam_v, 0.0)] {
+    let buffers = [
+        ("", &params, f32::NEG_INFINITY),
+        ("adamw_m.", &adam_m, f32::NEG_INFINITY),
+        ("adamw_v.", &adam_v, 0.0),
+        ("train.", &train_params, f32::NEG_INFINITY),
+    ];
+    for (prefix, buf, min) in buffers {
         if let Some(i) = buf.iter().position(|x| !x.is_finite() || *x < min) {
             let s = slots.iter().find(|s| (s.offset..s.offset + s.len()).contains(&i)).expect("slots cover the buffer");
             bail!(
@@ -137,7 +154,7 @@ pub fn load(path: &Path, slots: &[TensorSlot]) -> Result<Checkpoint> {
             );
         }
     }
-    Ok(Checkpoint { params, adam_m, adam_v, metadata })
+    Ok(Checkpoint { params, adam_m, adam_v, train_params, metadata })
 }
 
 #[cfg(test)]
@@ -159,6 +176,7 @@ mod tests {
             params: (0..7).map(|i| i as f32 * 0.5).collect(),
             adam_m: vec![1.0; 7],
             adam_v: vec![2.0; 7],
+            train_params: Vec::new(),
             metadata: [("step".to_string(), "12".to_string())].into(),
         };
         save(&path, &slots(), &ckpt).unwrap();
@@ -168,6 +186,12 @@ mod tests {
         ckpt.adam_v.clear();
         save(&path, &slots(), &ckpt).unwrap();
         assert_eq!(load(&path, &slots()).unwrap(), ckpt);
+        // a run with --ema: the raw weights under train.
+        ckpt.train_params = (0..7).map(|i| i as f32 * -0.25).collect();
+        save(&path, &slots(), &ckpt).unwrap();
+        assert_eq!(load(&path, &slots()).unwrap(), ckpt);
+        ckpt.train_params.pop();
+        assert!(save(&path, &slots(), &ckpt).unwrap_err().to_string().contains("training weights"));
     }
 
     #[test]
@@ -177,6 +201,7 @@ mod tests {
             params: (0..7).map(|i| i as f32 / 3.0).collect(),
             adam_m: vec![0.25; 7],
             adam_v: vec![0.5; 7],
+            train_params: Vec::new(),
             metadata: (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect(),
         };
         let files: Vec<Vec<u8>> = (0..4)
@@ -214,9 +239,16 @@ mod tests {
     fn a_non_finite_value_is_a_broken_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
-        let good = Checkpoint { params: vec![0.5; 7], adam_m: vec![0.1; 7], adam_v: vec![0.2; 7], ..Default::default() };
+        let good = Checkpoint {
+            params: vec![0.5; 7],
+            adam_m: vec![0.1; 7],
+            adam_v: vec![0.2; 7],
+            train_params: vec![0.3; 7],
+            ..Default::default()
+        };
         type Damage = fn(&mut Checkpoint);
-        let cases: [(Damage, &str); 4] = [
+        let cases: [(Damage, &str); 5] = [
+            (|c| c.train_params[0] = f32::NEG_INFINITY, "train.wte[0] is -inf"),
             (|c| c.params[6] = f32::NAN, "head_b[0] is NaN"),
             (|c| c.params[4] = f32::INFINITY, "wte[4] is inf"),
             (|c| c.adam_m[1] = f32::NAN, "adamw_m.wte[1] is NaN"),

@@ -47,6 +47,36 @@ pub struct TrainConfig {
     /// (None: constant `token_drop`; absent in older runs).
     #[serde(default)]
     pub token_drop_end: Option<f32>,
+    /// Decay of the exponential moving average of the weights that is evaluated and saved
+    /// as the model (0: off, the weights themselves; absent in older runs).
+    #[serde(default)]
+    pub ema: f32,
+}
+
+/// The exponential moving average of the weights (`--ema`), updated on the host after
+/// every step from `Engine::params` (on the kernel devices a download: one host
+/// synchronization a step, the price of the flag). The decay ramps up as
+/// min(decay, (1 + n) / (10 + n)) after n updates, so the first steps' weights, far from
+/// trained, fade within a few hundred steps whatever the decay.
+pub struct Ema {
+    pub decay: f32,
+    pub weights: Vec<f32>,
+    pub updates: u64,
+}
+
+impl Ema {
+    /// The decay of update number `n` (1-based).
+    pub fn decay_at(decay: f32, n: u64) -> f32 {
+        decay.min(((1 + n) as f64 / (10 + n) as f64) as f32)
+    }
+    /// Fold in the weights after one more step.
+    pub fn update(&mut self, params: &[f32]) {
+        self.updates += 1;
+        let d = Ema::decay_at(self.decay, self.updates);
+        for (e, &p) in self.weights.iter_mut().zip(params) {
+            *e = d * *e + (1.0 - d) * p;
+        }
+    }
 }
 
 /// The batches a run trains and evaluates on. `train(epoch)` must be a pure function
@@ -294,6 +324,7 @@ pub fn train_run(
     };
     let mut record = RunRecord { loss: loss_kind, seed: cfg.seed, epochs: Vec::new() };
     let mut start_epoch = 0;
+    let mut ema = if cfg.ema > 0.0 { Some(Ema { decay: cfg.ema, weights: engine.params()?, updates: 0 }) } else { None };
     if resume {
         let dir = dir.context("--resume needs a run folder")?;
         if !dir.checkpoint_path().exists() {
@@ -321,7 +352,22 @@ pub fn train_run(
         if ckpt.adam_m.is_empty() {
             bail!("checkpoint {} has no optimizer state to resume from", dir.checkpoint_path().display());
         }
-        engine.load_state(&ckpt.params, &ckpt.adam_m, &ckpt.adam_v)?;
+        match (&mut ema, ckpt.train_params.is_empty()) {
+            (None, true) => engine.load_state(&ckpt.params, &ckpt.adam_m, &ckpt.adam_v)?,
+            (Some(ema), false) => {
+                engine.load_state(&ckpt.train_params, &ckpt.adam_m, &ckpt.adam_v)?;
+                ema.weights = ckpt.params.clone();
+                ema.updates = (start_epoch * data.steps_per_epoch) as u64;
+            }
+            (Some(_), true) => bail!(
+                "checkpoint {} has no training weights (train.*) for the run's --ema: cannot resume",
+                dir.checkpoint_path().display()
+            ),
+            (None, false) => bail!(
+                "checkpoint {} holds a moving average (train.*) but the run has no --ema: cannot resume",
+                dir.checkpoint_path().display()
+            ),
+        }
         // metrics.jsonl is written before the checkpoint, so it holds every epoch the
         // checkpoint covers, and after a crash between the two, one more: dropped here
         record.epochs = dir.read_metrics()?.into_iter().filter(|e| e.epoch <= start_epoch).collect();
@@ -369,6 +415,9 @@ pub fn train_run(
                 batch
             };
             engine.queue_step(batch, lr, step, &mut totals)?;
+            if let Some(ema) = &mut ema {
+                ema.update(&engine.params()?);
+            }
             tokens += batch.valid_tokens();
             // the kernel model keeps the statistics on the device: read back every
             // READBACK_STEPS steps and at the end of the epoch (the cpu device's are on
@@ -402,6 +451,16 @@ pub fn train_run(
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let last = epoch == cfg.epochs;
+        // with --ema the average is evaluated and saved as the model; the raw weights (and
+        // the moments, unchanged) go back into the engine after the checkpoint
+        let raw = match &ema {
+            Some(ema) => {
+                let (params, (m, v)) = (engine.params()?, engine.optimizer_state()?);
+                engine.load_state(&ema.weights, &m, &v)?;
+                Some((params, m, v))
+            }
+            None => None,
+        };
         // probabilities, loss and accuracy of one evaluation set; an error names the set
         let mut score = |batches: &[Batch], set: &str| -> Result<(Vec<f32>, Vec<u8>, f64, f64)> {
             let context = || format!("{set} after epoch {epoch}{}", kept());
@@ -460,6 +519,7 @@ pub fn train_run(
                 params,
                 adam_m,
                 adam_v,
+                train_params: raw.as_ref().map(|(p, _, _)| p.clone()).unwrap_or_default(),
                 metadata: [
                     ("epoch".to_string(), epoch.to_string()),
                     ("step".to_string(), (epoch * data.steps_per_epoch).to_string()),
@@ -472,6 +532,11 @@ pub fn train_run(
                 .and_then(|_| checkpoint::save(&dir.checkpoint_path(), slots, &ckpt))
                 .with_context(|| format!("saving epoch {epoch}{}", kept()))?;
             fault_point(&format!("after-checkpoint-{epoch}"));
+        }
+        if let Some((params, m, v)) = &raw {
+            if !last {
+                engine.load_state(params, m, v)?;
+            }
         }
         if progress.stop_after == Some(epoch) {
             break;
@@ -521,5 +586,29 @@ mod tests {
         // both at once: no more kept than either alone
         let both = drop_tokens(&batch, 0.5, 0.3, 11);
         assert!(both.lens[0] < out.lens[0] && both.lens[0] < drop_tokens(&batch, 0.5, 0.0, 11).lens[0]);
+    }
+
+    #[test]
+    fn ema_ramps_its_decay_and_matches_an_f64_average() {
+        assert!((Ema::decay_at(0.999, 1) - 2.0 / 11.0).abs() < 1e-7, "the first update keeps little of the start");
+        assert!((Ema::decay_at(0.999, 90) - 0.91).abs() < 1e-6);
+        assert_eq!(Ema::decay_at(0.999, 1_000_000), 0.999, "then the decay itself");
+        assert!((1..5000).all(|n| Ema::decay_at(0.99, n + 1) >= Ema::decay_at(0.99, n)), "never decreasing");
+        let mut rng = SplitMix64::new(3);
+        let start: Vec<f32> = (0..16).map(|_| rng.normal(1.0) as f32).collect();
+        let mut ema = Ema { decay: 0.95, weights: start.clone(), updates: 0 };
+        let mut reference: Vec<f64> = start.iter().map(|&x| x as f64).collect();
+        for n in 1..=200u64 {
+            let params: Vec<f32> = (0..16).map(|i| (i as f64 + rng.normal(0.1)) as f32).collect();
+            ema.update(&params);
+            let d = Ema::decay_at(0.95, n) as f64;
+            for (r, &p) in reference.iter_mut().zip(&params) {
+                *r = d * *r + (1.0 - d) * p as f64;
+            }
+        }
+        for (i, (&e, &r)) in ema.weights.iter().zip(&reference).enumerate() {
+            assert!((e as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()), "weight {i}: f32 {e} f64 {r}");
+            assert!((r - i as f64).abs() < 0.1, "weight {i} averages to about {i}: {r}");
+        }
     }
 }
