@@ -56,7 +56,7 @@ fn main() -> Result<()> {
     let loaded = setup::load_data(&data_args, seed)?;
     // The shape and step that benches/pytorch_cpu.py mirrors (the cpu preset before
     // issue 12 retuned it): dropout 0.1, lr 1e-3, no smoothing, head-truncated at 512 tokens.
-    let h = setup::Hyper { dropout: 0.1, token_drop: 0.0, max_len: 512, lr: 1e-3, label_smoothing: 0.0, ..Preset::Cpu.hyper() };
+    let h = setup::Hyper { dropout: 0.1, token_drop: 0.0, type_drop: 0.0, max_len: 512, lr: 1e-3, label_smoothing: 0.0, ..Preset::Cpu.hyper() };
     let run = setup::run_data(&loaded, &h, TruncatePolicy::Head, seed);
     let steps = if steps == 0 { usize::MAX } else { steps };
     let batches: Vec<Batch> = (run.train)(1).into_iter().take(steps).collect();
