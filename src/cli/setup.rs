@@ -135,9 +135,10 @@ impl Preset {
                 token_drop: 0.3,
                 lr: 5e-4,
                 // from the cpu preset's held-out findings, not yet tried on a GPU: the whole
-                // review and label smoothing 0.1
+                // review, label smoothing 0.1 and type drop 0.3
                 max_len: 4096,
                 label_smoothing: 0.1,
+                type_drop: 0.3,
                 ..base
             },
             Preset::Nanogpt => Hyper {
