@@ -11,6 +11,7 @@
 //! No dropout on the attention probabilities. Parallel over the batch (rayon).
 
 use rayon::prelude::*;
+use std::any::TypeId;
 
 use super::{gemm, Float};
 
@@ -39,6 +40,11 @@ pub fn attention_forward<T: Float>(
     if b == 0 || t == 0 || c == 0 {
         return;
     }
+    if let (Some(out), Some(lse), Some(qkv)) = (as_f32_mut(out), as_f32_mut(lse), as_f32(qkv)) {
+        if fused::forward(out, lse, qkv, lens, t, c, nh) {
+            return;
+        }
+    }
     let c3 = 3 * c;
     out.par_chunks_mut(t * c)
         .zip(lse.par_chunks_mut(nh * t))
@@ -66,6 +72,18 @@ pub fn attention_forward<T: Float>(
         });
 }
 
+/// `x` as f32, when T is f32 (the `cpu` device's type, which takes the fused path).
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 itself, so the slice is reinterpreted as its own type.
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// `x` as mutable f32, when T is f32.
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
+}
+
 /// p_ij = exp(s_ij - lse_i) for the valid block of one (review, head), into `p` (L, L):
 /// the probabilities of the forward, recomputed from q, k and the saved log-sum-exp.
 #[allow(clippy::too_many_arguments)]
@@ -78,6 +96,7 @@ fn recompute_probabilities<T: Float>(p: &mut [T], q: &[T], k: &[T], lse: &[T], l
 
 /// A stable softmax of one (non-empty) row of scores, in place; returns the row's
 /// log-sum-exp.
+#[inline(always)]
 fn softmax_in_place<T: Float>(row: &mut [T]) -> T {
     let maxv = max_lanes(row);
     row.iter_mut().for_each(|r| *r = (*r - maxv).fast_exp()); // vectorizes for f32
@@ -92,6 +111,7 @@ const LANES: usize = 8;
 
 /// The maximum of `x` (-inf if empty), through `LANES` running maxima: the same value as
 /// a sequential scan.
+#[inline(always)]
 fn max_lanes<T: Float>(x: &[T]) -> T {
     let mut m = [T::neg_infinity(); LANES];
     let chunks = x.chunks_exact(LANES);
@@ -106,6 +126,7 @@ fn max_lanes<T: Float>(x: &[T]) -> T {
 
 /// `sum x_i y_i` (or `sum x_i` when `y` is None) through `LANES` partial sums
 /// (a reassociation of the sequential sum).
+#[inline(always)]
 fn dot_lanes<T: Float>(x: &[T], y: Option<&[T]>) -> T {
     let mut acc = [T::zero(); LANES];
     let n = x.len() / LANES * LANES;
@@ -158,6 +179,11 @@ pub fn attention_backward<T: Float>(
     if b == 0 || t == 0 || c == 0 {
         return;
     }
+    if let (Some(dqkv), Some(dout), Some(qkv), Some(out), Some(lse)) = (as_f32_mut(dqkv), as_f32(dout), as_f32(qkv), as_f32(out), as_f32(lse)) {
+        if fused::backward(dqkv, dout, qkv, out, lse, lens, t, c, nh) {
+            return;
+        }
+    }
     let c3 = 3 * c;
     dqkv.par_chunks_mut(t * c3).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
@@ -198,6 +224,412 @@ pub fn attention_backward<T: Float>(
     );
 }
 
+/// The f32 path of the `cpu` device on a CPU with AVX-512F, for head sizes 16, 32 and 64
+/// (anything else takes the GEMM path above): both passes fused per (review, head),
+/// flash style, with no GEMM packing of the (L, L) probabilities and no GEMM threads
+/// nested in the per-review ones. Blocks of `R` rows (queries in the forward, keys in the
+/// backward) meet every column `W` at a time, the other operand transposed once per head
+/// into an (HS, L) scratch so the inner loops are contiguous. Every sum is a chain of
+/// fused multiply-adds in a fixed order: [`fused::Avx512`] gives the same bits as the
+/// plain loops of [`fused::Scalar`] (the tests hold it to them), and reruns are
+/// bit-identical. The scores are computed as (scale q_i) . k_j in both passes, so the
+/// backward's recomputed probabilities are exactly the forward's.
+mod fused {
+    use super::{dot_lanes, softmax_in_place};
+    use rayon::prelude::*;
+
+    /// Rows (queries in the forward, keys in the backward) per block.
+    const R: usize = 4;
+    /// Columns per chunk of the scores.
+    const W: usize = 32;
+
+    fn padded(len: usize) -> usize {
+        len.div_ceil(W) * W
+    }
+
+    /// `HS` floats of row `i` of a (rows, stride) matrix, from column `off`.
+    #[inline(always)]
+    fn row<const HS: usize>(x: &[f32], i: usize, stride: usize, off: usize) -> &[f32; HS] {
+        x[i * stride + off..i * stride + off + HS].try_into().expect("HS floats")
+    }
+
+    /// xt (HS, lp) = `mul` times the HS columns from `off` of rows 0..len of x,
+    /// transposed; zero past len.
+    #[inline(always)]
+    fn transpose<const HS: usize>(xt: &mut Vec<f32>, x: &[f32], len: usize, stride: usize, off: usize, mul: f32) {
+        let lp = padded(len);
+        xt.clear();
+        xt.resize(HS * lp, 0.0);
+        for i in 0..len {
+            for (d, &v) in row::<HS>(x, i, stride, off).iter().enumerate() {
+                xt[d * lp + i] = v * mul;
+            }
+        }
+    }
+
+    /// The three inner loops of the fused passes. Every lane of every sum is a chain of
+    /// fused multiply-adds in one fixed order, so [`Scalar`] and [`Avx512`] give the same
+    /// bits.
+    pub(super) trait Lanes {
+        /// s[r][jc..jc+W] = sum_d a[r][d] * bt[d][jc..jc+W] for every chunk jc of lp and
+        /// the `N` rows of `a`: the scores of a block of rows against every column of bt.
+        fn scores<const HS: usize, const N: usize>(s: &mut [f32], a: &[[f32; HS]; N], bt: &[f32], lp: usize);
+        /// acc[r] = sum_{i < len} w[r][i] * x_i (x_i: HS floats of row i at `stride`, from `off`).
+        fn weighted_rows<const HS: usize, const N: usize>(w: &[f32], lp: usize, x: &[f32], len: usize, stride: usize, off: usize) -> [[f32; HS]; N];
+        /// y_i += sum_r w[r][i] * k_r for i < len (y: (len, HS)).
+        fn add_rows<const HS: usize, const N: usize>(y: &mut [f32], w: &[f32], lp: usize, k: &[[f32; HS]; N], len: usize);
+    }
+
+    /// Plain loops: the twin the tests hold [`Avx512`] to, bit for bit.
+    #[cfg(test)]
+    pub(super) struct Scalar;
+
+    #[cfg(test)]
+    impl Lanes for Scalar {
+        fn scores<const HS: usize, const N: usize>(s: &mut [f32], a: &[[f32; HS]; N], bt: &[f32], lp: usize) {
+            for jc in (0..lp).step_by(W) {
+                for (r, ar) in a.iter().enumerate() {
+                    for x in 0..W {
+                        let mut acc = 0f32;
+                        for d in 0..HS {
+                            acc = ar[d].mul_add(bt[d * lp + jc + x], acc);
+                        }
+                        s[r * lp + jc + x] = acc;
+                    }
+                }
+            }
+        }
+        fn weighted_rows<const HS: usize, const N: usize>(w: &[f32], lp: usize, x: &[f32], len: usize, stride: usize, off: usize) -> [[f32; HS]; N] {
+            let mut acc = [[0f32; HS]; N];
+            for i in 0..len {
+                let xi = row::<HS>(x, i, stride, off);
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    for (o, &xv) in accr.iter_mut().zip(xi) {
+                        *o = w[r * lp + i].mul_add(xv, *o);
+                    }
+                }
+            }
+            acc
+        }
+        fn add_rows<const HS: usize, const N: usize>(y: &mut [f32], w: &[f32], lp: usize, k: &[[f32; HS]; N], len: usize) {
+            for (i, yi) in y.chunks_exact_mut(HS).enumerate().take(len) {
+                for (r, kr) in k.iter().enumerate() {
+                    for (o, &kv) in yi.iter_mut().zip(kr) {
+                        *o = w[r * lp + i].mul_add(kv, *o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// AVX-512 intrinsics (16 lanes); HS a multiple of 16. Only ever called from a
+    /// function compiled with `avx512f` that first checked the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) struct Avx512;
+
+    #[cfg(target_arch = "x86_64")]
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        fn scores<const HS: usize, const N: usize>(s: &mut [f32], a: &[[f32; HS]; N], bt: &[f32], lp: usize) {
+            use std::arch::x86_64::*;
+            assert!(bt.len() >= HS * lp && s.len() >= N * lp && lp % W == 0);
+            // SAFETY: avx512f is present (see the type's comment); every load and store
+            // is inside bt (HS rows of lp) or s (N rows of lp), as asserted.
+            unsafe {
+                for jc in (0..lp).step_by(W) {
+                    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+                    for d in 0..HS {
+                        let b0 = _mm512_loadu_ps(bt.as_ptr().add(d * lp + jc));
+                        let b1 = _mm512_loadu_ps(bt.as_ptr().add(d * lp + jc + 16));
+                        for r in 0..N {
+                            let ar = _mm512_set1_ps(a[r][d]);
+                            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+                            acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+                        }
+                    }
+                    for (r, accr) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(s.as_mut_ptr().add(r * lp + jc), accr[0]);
+                        _mm512_storeu_ps(s.as_mut_ptr().add(r * lp + jc + 16), accr[1]);
+                    }
+                }
+            }
+        }
+        #[inline(always)]
+        fn weighted_rows<const HS: usize, const N: usize>(w: &[f32], lp: usize, x: &[f32], len: usize, stride: usize, off: usize) -> [[f32; HS]; N] {
+            use std::arch::x86_64::*;
+            assert!(HS % 16 == 0 && w.len() >= N * lp && len <= lp);
+            assert!(len == 0 || (len - 1) * stride + off + HS <= x.len());
+            let mut out = [[0f32; HS]; N];
+            // SAFETY: as in `scores`; rows i < len of x are inside x, as asserted.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 4]; N]; // up to HS = 64
+                for i in 0..len {
+                    let xi = x.as_ptr().add(i * stride + off);
+                    for v in 0..HS / 16 {
+                        let xv = _mm512_loadu_ps(xi.add(16 * v));
+                        for r in 0..N {
+                            acc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*w.get_unchecked(r * lp + i)), xv, acc[r][v]);
+                        }
+                    }
+                }
+                for (o, accr) in out.iter_mut().zip(&acc) {
+                    for v in 0..HS / 16 {
+                        _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), accr[v]);
+                    }
+                }
+            }
+            out
+        }
+        #[inline(always)]
+        fn add_rows<const HS: usize, const N: usize>(y: &mut [f32], w: &[f32], lp: usize, k: &[[f32; HS]; N], len: usize) {
+            use std::arch::x86_64::*;
+            assert!(HS % 16 == 0 && y.len() >= len * HS && w.len() >= N * lp && len <= lp);
+            // SAFETY: as in `scores`; rows i < len of y and columns i < len of w, as asserted.
+            unsafe {
+                let mut kv = [[_mm512_setzero_ps(); 4]; N];
+                for r in 0..N {
+                    for v in 0..HS / 16 {
+                        kv[r][v] = _mm512_loadu_ps(k[r].as_ptr().add(16 * v));
+                    }
+                }
+                for i in 0..len {
+                    let yi = y.as_mut_ptr().add(i * HS);
+                    for v in 0..HS / 16 {
+                        let mut acc = _mm512_loadu_ps(yi.add(16 * v));
+                        for r in 0..N {
+                            acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.get_unchecked(r * lp + i)), kv[r][v], acc);
+                        }
+                        _mm512_storeu_ps(yi.add(16 * v), acc);
+                    }
+                }
+            }
+        }
+    }
+
+    struct Fwd<'a> {
+        qkv: &'a [f32],
+        len: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        scale: f32,
+    }
+
+    /// Queries i0..i0+N of one (review, head): scores against every key, softmax (lse
+    /// saved), out = P V.
+    #[inline(always)]
+    fn forward_rows<K: Lanes, const HS: usize, const N: usize>(f: &Fwd, i0: usize, kt: &[f32], s: &mut Vec<f32>, out_b: &mut [f32], lse_b: &mut [f32]) {
+        let (c3, lp) = (3 * f.c, padded(f.len));
+        let mut q = [[0f32; HS]; N];
+        for (r, qr) in q.iter_mut().enumerate() {
+            for (o, &v) in qr.iter_mut().zip(row::<HS>(f.qkv, i0 + r, c3, f.h * HS)) {
+                *o = v * f.scale;
+            }
+        }
+        s.clear();
+        s.resize(N * lp, 0.0);
+        K::scores::<HS, N>(s, &q, kt, lp);
+        for r in 0..N {
+            lse_b[f.h * f.t + i0 + r] = softmax_in_place(&mut s[r * lp..r * lp + f.len]);
+        }
+        let o: [[f32; HS]; N] = K::weighted_rows::<HS, N>(s, lp, f.qkv, f.len, c3, 2 * f.c + f.h * HS);
+        for (r, or) in o.iter().enumerate() {
+            let at = (i0 + r) * f.c + f.h * HS;
+            out_b[at..at + HS].copy_from_slice(or);
+        }
+    }
+
+    /// Every head of one review; `out_b` and `lse_b` already zeroed.
+    #[inline(always)]
+    pub(super) fn forward_review<K: Lanes, const HS: usize>(out_b: &mut [f32], lse_b: &mut [f32], qkv_b: &[f32], len: usize, t: usize, c: usize, scratch: &mut (Vec<f32>, Vec<f32>)) {
+        let (kt, s) = scratch;
+        let scale = 1.0 / (HS as f32).sqrt();
+        for h in 0..c / HS {
+            transpose::<HS>(kt, qkv_b, len, 3 * c, c + h * HS, 1.0);
+            let f = Fwd { qkv: qkv_b, len, t, c, h, scale };
+            let mut i = 0;
+            while i + R <= len {
+                forward_rows::<K, HS, R>(&f, i, kt, s, out_b, lse_b);
+                i += R;
+            }
+            while i < len {
+                forward_rows::<K, HS, 1>(&f, i, kt, s, out_b, lse_b);
+                i += 1;
+            }
+        }
+    }
+
+    struct Bwd<'a> {
+        qkv: &'a [f32],
+        dout: &'a [f32],
+        lse: &'a [f32],   // this head's lse, (L)
+        delta: &'a [f32], // D_i = dO_i . O_i, (L)
+        qt: &'a [f32],    // scale * Q^T (HS, lp)
+        dot: &'a [f32],   // dO^T (HS, lp)
+        len: usize,
+        c: usize,
+        h: usize,
+        scale: f32,
+    }
+
+    /// Keys j0..j0+N of one (review, head): P and dS of their columns against every
+    /// query, then dV_j = sum_i p_ij dO_i and dK_j = sum_i ds_ij q_i (written), and
+    /// dQ_i += sum_j ds_ij k_j (accumulated in dq, (L, HS)).
+    #[inline(always)]
+    fn backward_cols<K: Lanes, const HS: usize, const N: usize>(b: &Bwd, j0: usize, p: &mut Vec<f32>, ds: &mut Vec<f32>, dq: &mut [f32], dqkv_b: &mut [f32]) {
+        let (c, c3, lp, len) = (b.c, 3 * b.c, padded(b.len), b.len);
+        let (qoff, koff, voff) = (b.h * HS, c + b.h * HS, 2 * c + b.h * HS);
+        let mut k = [[0f32; HS]; N];
+        let mut v = [[0f32; HS]; N];
+        for r in 0..N {
+            k[r] = *row::<HS>(b.qkv, j0 + r, c3, koff);
+            v[r] = *row::<HS>(b.qkv, j0 + r, c3, voff);
+        }
+        p.clear();
+        p.resize(N * lp, 0.0);
+        ds.clear();
+        ds.resize(N * lp, 0.0);
+        K::scores::<HS, N>(p, &k, b.qt, lp); // s_ij (bit-identical to the forward's), as p
+        K::scores::<HS, N>(ds, &v, b.dot, lp); // dP_ij = dO_i . v_j, as ds
+        for r in 0..N {
+            let (pr, dsr) = (&mut p[r * lp..r * lp + len], &mut ds[r * lp..r * lp + len]);
+            for (((pi, di), &l), &dl) in pr.iter_mut().zip(dsr.iter_mut()).zip(b.lse).zip(b.delta) {
+                *pi = crate::reference::exp_f32(*pi - l);
+                *di = *pi * (*di - dl) * b.scale;
+            }
+        }
+        let dv: [[f32; HS]; N] = K::weighted_rows::<HS, N>(p, lp, b.dout, len, c, qoff);
+        let dk: [[f32; HS]; N] = K::weighted_rows::<HS, N>(ds, lp, b.qkv, len, c3, qoff);
+        for r in 0..N {
+            let at = (j0 + r) * c3;
+            dqkv_b[at + voff..at + voff + HS].copy_from_slice(&dv[r]);
+            dqkv_b[at + koff..at + koff + HS].copy_from_slice(&dk[r]);
+        }
+        K::add_rows::<HS, N>(dq, ds, lp, &k, len);
+    }
+
+    #[derive(Default)]
+    pub(super) struct BwdScratch {
+        qt: Vec<f32>,
+        dot: Vec<f32>,
+        delta: Vec<f32>,
+        dq: Vec<f32>,
+        p: Vec<f32>,
+        ds: Vec<f32>,
+    }
+
+    /// Every head of one review; `dqkv_b` already zeroed.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn backward_review<K: Lanes, const HS: usize>(dqkv_b: &mut [f32], dout_b: &[f32], qkv_b: &[f32], out_b: &[f32], lse_b: &[f32], len: usize, t: usize, c: usize, w: &mut BwdScratch) {
+        let scale = 1.0 / (HS as f32).sqrt();
+        for h in 0..c / HS {
+            transpose::<HS>(&mut w.qt, qkv_b, len, 3 * c, h * HS, scale); // as the forward scales q
+            transpose::<HS>(&mut w.dot, dout_b, len, c, h * HS, 1.0);
+            w.delta.clear();
+            w.delta.extend((0..len).map(|i| {
+                let at = i * c + h * HS;
+                dot_lanes(&dout_b[at..at + HS], Some(&out_b[at..at + HS]))
+            }));
+            w.dq.clear();
+            w.dq.resize(len * HS, 0.0);
+            let b = Bwd { qkv: qkv_b, dout: dout_b, lse: &lse_b[h * t..h * t + len], delta: &w.delta, qt: &w.qt, dot: &w.dot, len, c, h, scale };
+            let mut j = 0;
+            while j + R <= len {
+                backward_cols::<K, HS, R>(&b, j, &mut w.p, &mut w.ds, &mut w.dq, dqkv_b);
+                j += R;
+            }
+            while j < len {
+                backward_cols::<K, HS, 1>(&b, j, &mut w.p, &mut w.ds, &mut w.dq, dqkv_b);
+                j += 1;
+            }
+            for (i, dqi) in w.dq.chunks_exact(HS).enumerate() {
+                dqkv_b[i * 3 * c + h * HS..i * 3 * c + (h + 1) * HS].copy_from_slice(dqi);
+            }
+        }
+    }
+
+    /// Whether this CPU runs the fused path (AVX-512F with its 16-lane fused multiply-add).
+    fn has_avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The fused forward on the AVX-512 path; false (nothing written) without AVX-512 or
+    /// for a head size that is not 16, 32 or 64: the caller then takes the GEMM path.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], lens: &[u32], t: usize, c: usize, nh: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        fn run<const HS: usize>(out: &mut [f32], lse: &mut [f32], qkv: &[f32], lens: &[u32], t: usize, c: usize) {
+            #[target_feature(enable = "avx512f")]
+            fn review<const HS: usize>(o: &mut [f32], l: &mut [f32], q: &[f32], len: usize, t: usize, c: usize, s: &mut (Vec<f32>, Vec<f32>)) {
+                forward_review::<Avx512, HS>(o, l, q, len, t, c, s)
+            }
+            let nh = c / HS;
+            out.par_chunks_mut(t * c).zip(lse.par_chunks_mut(nh * t)).enumerate().for_each_init(
+                <(Vec<f32>, Vec<f32>)>::default,
+                |s, (bi, (out_b, lse_b))| {
+                    out_b.fill(0.0);
+                    lse_b.fill(0.0);
+                    let len = (lens[bi] as usize).min(t);
+                    // SAFETY: `forward` checked that the CPU has AVX-512F.
+                    unsafe { review::<HS>(out_b, lse_b, &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c], len, t, c, s) };
+                },
+            );
+        }
+        if !has_avx512() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        match c / nh {
+            16 => run::<16>(out, lse, qkv, lens, t, c),
+            32 => run::<32>(out, lse, qkv, lens, t, c),
+            64 => run::<64>(out, lse, qkv, lens, t, c),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The fused backward on the AVX-512 path; false (nothing written) as for `forward`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], lens: &[u32], t: usize, c: usize, nh: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        fn run<const HS: usize>(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], lens: &[u32], t: usize, c: usize) {
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx512f")]
+            fn review<const HS: usize>(d: &mut [f32], g: &[f32], q: &[f32], o: &[f32], l: &[f32], len: usize, t: usize, c: usize, w: &mut BwdScratch) {
+                backward_review::<Avx512, HS>(d, g, q, o, l, len, t, c, w)
+            }
+            let (tc, tc3, tnh) = (t * c, t * 3 * c, t * (c / HS));
+            dqkv.par_chunks_mut(tc3).enumerate().for_each_init(BwdScratch::default, |w, (bi, dqkv_b)| {
+                dqkv_b.fill(0.0);
+                let len = (lens[bi] as usize).min(t);
+                let (g, q, o, l) = (&dout[bi * tc..(bi + 1) * tc], &qkv[bi * tc3..(bi + 1) * tc3], &out[bi * tc..(bi + 1) * tc], &lse[bi * tnh..(bi + 1) * tnh]);
+                // SAFETY: `backward` checked that the CPU has AVX-512F.
+                unsafe { review::<HS>(dqkv_b, g, q, o, l, len, t, c, w) };
+            });
+        }
+        if !has_avx512() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        match c / nh {
+            16 => run::<16>(dqkv, dout, qkv, out, lse, lens, t, c),
+            32 => run::<32>(dqkv, dout, qkv, out, lse, lens, t, c),
+            64 => run::<64>(dqkv, dout, qkv, out, lse, lens, t, c),
+            _ => return false,
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +640,111 @@ mod tests {
         let mut lse = vec![f64::NAN; b * nh * t];
         attention_forward(&mut out, &mut lse, qkv, lens, b, t, c, nh);
         (out, lse)
+    }
+
+    /// Forward and backward of the fused f32 path for every review, with the lanes `K`.
+    fn fused_both<K: fused::Lanes, const HS: usize>(qkv: &[f32], dout: &[f32], lens: &[u32], b: usize, t: usize, c: usize) -> [Vec<f32>; 3] {
+        let nh = c / HS;
+        let (mut out, mut lse, mut dqkv) = (vec![0f32; b * t * c], vec![0f32; b * nh * t], vec![0f32; b * t * 3 * c]);
+        let (mut s, mut w) = (Default::default(), fused::BwdScratch::default());
+        for bi in 0..b {
+            let len = (lens[bi] as usize).min(t);
+            let (tc, tc3, tnh) = (t * c, t * 3 * c, t * nh);
+            let q = &qkv[bi * tc3..(bi + 1) * tc3];
+            fused::forward_review::<K, HS>(&mut out[bi * tc..(bi + 1) * tc], &mut lse[bi * tnh..(bi + 1) * tnh], q, len, t, c, &mut s);
+            let (o, l) = (&out[bi * tc..(bi + 1) * tc], &lse[bi * tnh..(bi + 1) * tnh]);
+            fused::backward_review::<K, HS>(&mut dqkv[bi * tc3..(bi + 1) * tc3], &dout[bi * tc..(bi + 1) * tc], q, o, l, len, t, c, &mut w);
+        }
+        [out, lse, dqkv]
+    }
+
+    /// The public f32 entry points (the fused path on an AVX-512 CPU).
+    fn f32_both(qkv: &[f32], dout: &[f32], lens: &[u32], b: usize, t: usize, c: usize, nh: usize) -> [Vec<f32>; 3] {
+        let (mut out, mut lse, mut dqkv) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t], vec![f32::NAN; b * t * 3 * c]);
+        attention_forward(&mut out, &mut lse, qkv, lens, b, t, c, nh);
+        attention_backward(&mut dqkv, dout, qkv, &out, &lse, lens, b, t, c, nh);
+        [out, lse, dqkv]
+    }
+
+    /// (B, T, C, NH, lens): head sizes 16, 32 and 64; lengths 0, 1, fewer than a block of
+    /// 4 rows, not a multiple of 4 or of the 32-column chunk, the whole T.
+    const FUSED_CASES: &[(usize, usize, usize, usize, &[u32])] = &[
+        (4, 37, 64, 4, &[37, 1, 0, 3]),
+        (3, 70, 64, 2, &[70, 33, 6]),
+        (2, 9, 64, 1, &[5, 9]),
+        (2, 65, 48, 3, &[64, 65]),
+        (1, 2, 16, 1, &[2]),
+    ];
+
+    fn fused_inputs(b: usize, t: usize, c: usize, seed: u64, spread: f64) -> (Vec<f64>, Vec<f64>) {
+        let mut rng = SplitMix64::new(seed);
+        (rng.normal_vec(b * t * 3 * c, spread), rng.normal_vec(b * t * c, 1.0))
+    }
+
+    fn to_f32(x: &[f64]) -> Vec<f32> {
+        x.iter().map(|&v| v as f32).collect()
+    }
+
+    fn scalar_both(qkv: &[f32], dout: &[f32], lens: &[u32], b: usize, t: usize, c: usize, nh: usize) -> [Vec<f32>; 3] {
+        match c / nh {
+            16 => fused_both::<fused::Scalar, 16>(qkv, dout, lens, b, t, c),
+            32 => fused_both::<fused::Scalar, 32>(qkv, dout, lens, b, t, c),
+            64 => fused_both::<fused::Scalar, 64>(qkv, dout, lens, b, t, c),
+            hs => panic!("no fused path for HS {hs}"),
+        }
+    }
+
+    #[test]
+    fn fused_f32_matches_the_f64_reference() {
+        // Against the f64 GEMM path at f32 precision: |err| <= 2e-5 x the largest
+        // |value| of that output (sums of up to 70 terms in f32, exp within 2 ulp); the
+        // padded rows exactly 0. Both the plain lanes and the public entry points (the
+        // AVX-512 lanes on a CPU that has them, the f32 GEMM path otherwise).
+        for (n, &(b, t, c, nh, lens)) in FUSED_CASES.iter().enumerate() {
+            for spread in [1.0, 4.0] {
+                let (qkv, dout) = fused_inputs(b, t, c, 50 + n as u64, spread);
+                let (mut out, mut lse, mut dqkv) = (vec![0.0; b * t * c], vec![0.0; b * nh * t], vec![0.0; b * t * 3 * c]);
+                attention_forward(&mut out, &mut lse, &qkv, lens, b, t, c, nh);
+                attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, lens, b, t, c, nh);
+                let (q32, d32) = (to_f32(&qkv), to_f32(&dout));
+                for (path, got) in [("plain lanes", scalar_both(&q32, &d32, lens, b, t, c, nh)), ("entry points", f32_both(&q32, &d32, lens, b, t, c, nh))] {
+                    for (name, want, got) in [("out", &out, &got[0]), ("lse", &lse, &got[1]), ("dqkv", &dqkv, &got[2])] {
+                        let scale = want.iter().fold(1.0f64, |m, &v| m.max(v.abs()));
+                        let err = want.iter().zip(got).map(|(&w, &g)| (w - g as f64).abs()).fold(0.0, f64::max);
+                        println!("{path} B={b} T={t} C={c} NH={nh} spread {spread} {name}: max err {err:.2e} (scale {scale:.2e})");
+                        assert!(err <= 2e-5 * scale, "{path} {name}: {err} > 2e-5 x {scale}");
+                    }
+                    for (bi, &len) in lens.iter().enumerate() {
+                        for ti in len as usize..t {
+                            let rows = [&got[0][(bi * t + ti) * c..][..c], &got[2][(bi * t + ti) * 3 * c..][..3 * c]];
+                            assert!(rows.iter().all(|r| r.iter().all(|&x| x == 0.0)), "{path}: padded position {ti} of review {bi} is not 0");
+                            assert!((0..nh).all(|h| got[1][(bi * nh + h) * t + ti] == 0.0), "{path}: padded lse not 0");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_avx512_gives_the_bits_of_the_plain_lanes_and_reruns_are_identical() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            for (n, &(b, t, c, nh, lens)) in FUSED_CASES.iter().enumerate() {
+                let (qkv, dout) = fused_inputs(b, t, c, 90 + n as u64, 2.0);
+                let (q32, d32) = (to_f32(&qkv), to_f32(&dout));
+                let plain = scalar_both(&q32, &d32, lens, b, t, c, nh);
+                let fast = f32_both(&q32, &d32, lens, b, t, c, nh);
+                let again = f32_both(&q32, &d32, lens, b, t, c, nh);
+                for k in 0..3 {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&plain[k]), bits(&fast[k]), "B={b} T={t} C={c} NH={nh}: output {k} differs from the plain lanes");
+                    assert_eq!(bits(&fast[k]), bits(&again[k]), "output {k} differs on a rerun");
+                }
+            }
+            return;
+        }
+        println!("this CPU has no AVX-512F: the f32 path is the GEMM one, checked by fused_f32_matches_the_f64_reference");
     }
 
     #[test]
