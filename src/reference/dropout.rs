@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::Float;
+use super::{with_avx512, Float};
 
 /// Elements per rayon task (the mask depends on the element index only).
 const CHUNK: usize = 1 << 14;
@@ -27,10 +27,16 @@ pub fn dropout_forward<T: Float>(out: &mut [T], inp: &[T], seed: u64, p: f32) {
     }
     let scale = T::of(1.0 / (1.0 - p as f64));
     out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).enumerate().for_each(|(ci, (out, inp))| {
-        for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
-            *o = if dropout_keep(seed, ci * CHUNK + i, p) { x * scale } else { T::zero() };
-        }
+        with_avx512(dropout_chunk, (out, inp, seed, ci * CHUNK, p, scale));
     });
+}
+
+/// One chunk of `dropout_forward`, its first element at index `start`.
+#[inline(always)]
+fn dropout_chunk<T: Float>((out, inp, seed, start, p, scale): (&mut [T], &[T], u64, usize, f32, T)) {
+    for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
+        *o = if dropout_keep(seed, start + i, p) { x * scale } else { T::zero() };
+    }
 }
 
 /// dinp (N) =  <-  dout (N): the same mask and scale as the forward pass.

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::Float;
+use super::{with_avx512, Float};
 
 /// Elements per rayon task (elementwise ops: results do not depend on the split).
 const CHUNK: usize = 1 << 14;
@@ -13,30 +13,39 @@ const GELU_SCALE: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 /// out (N)  <-  inp (N)   (N = any number of elements, e.g. B * T * F).
 pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T]) {
     assert_eq!(out.len(), inp.len());
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| with_avx512(gelu_forward_chunk, (out, inp)));
+}
+
+#[inline(always)]
+fn gelu_forward_chunk<T: Float>((out, inp): (&mut [T], &[T])) {
     let (s, c, half) = (T::of(GELU_SCALE), T::of(0.044715), T::of(0.5));
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| {
-        for (o, &x) in out.iter_mut().zip(inp) {
-            let cube = c * x * x * x;
-            *o = half * x * (T::one() + (s * (x + cube)).fast_tanh());
-        }
-    });
+    for (o, &x) in out.iter_mut().zip(inp) {
+        let cube = c * x * x * x;
+        *o = half * x * (T::one() + (s * (x + cube)).fast_tanh());
+    }
 }
 
 /// dinp (N) =  <-  dout (N), inp (N).
 pub fn gelu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
     assert_eq!(dinp.len(), inp.len());
     assert_eq!(dout.len(), inp.len());
+    dinp.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK))
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|((dinp, dout), inp)| with_avx512(gelu_backward_chunk, (dinp, dout, inp)));
+}
+
+#[inline(always)]
+fn gelu_backward_chunk<T: Float>((dinp, dout, inp): (&mut [T], &[T], &[T])) {
     let (s, c, half) = (T::of(GELU_SCALE), T::of(0.044715), T::of(0.5));
     let three_c = T::of(3.0 * 0.044715);
-    dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((dinp, dout), inp)| {
-        for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
-            let u = s * (x + c * x * x * x);
-            let th = u.fast_tanh();
-            let sech2 = T::one() - th * th;
-            let local = half * (T::one() + th) + half * x * sech2 * s * (T::one() + three_c * x * x);
-            *di = local * d;
-        }
-    });
+    for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+        let u = s * (x + c * x * x * x);
+        let th = u.fast_tanh();
+        let sech2 = T::one() - th * th;
+        let local = half * (T::one() + th) + half * x * sech2 * s * (T::one() + three_c * x * x);
+        *di = local * d;
+    }
 }
 
 #[cfg(test)]

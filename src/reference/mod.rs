@@ -140,6 +140,29 @@ pub(crate) fn pow2_of_rounded(rounded: f32) -> f32 {
     f32::from_bits((n.wrapping_add(127) << 23) as u32)
 }
 
+/// `f(args)` compiled for AVX-512 (F, DQ, VL, BW) when the CPU has it, as is otherwise:
+/// for the elementwise loops of the `cpu` device, which the default x86-64 target
+/// vectorizes only 4 lanes wide (and the dropout hash's 64-bit multiplies not at all).
+/// `f` is best a function marked `#[inline(always)]`: LLVM may leave a large closure
+/// un-inlined, and then it runs without AVX-512. The results are the same bits either
+/// way: Rust never contracts a multiply and an add or reorders a float sum by itself, and
+/// integer arithmetic is exact.
+#[inline(always)]
+pub(crate) fn with_avx512<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+        fn run<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+            f(args)
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has the features `run` is compiled for.
+            return unsafe { run(f, args) };
+        }
+    }
+    f(args)
+}
+
 /// Row and column strides of a matrix operand: `(rows, cols)` in elements.
 pub type Strides = (usize, usize);
 
