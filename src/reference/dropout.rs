@@ -70,6 +70,16 @@ mod tests {
     }
 
     #[test]
+    fn avx512_build_gives_the_plain_bits() {
+        let inp: Vec<f32> = SplitMix64::new(6).normal_vec(10_001, 1.0).iter().map(|&x| x as f32).collect();
+        let (mut a, mut b) = (vec![0f32; inp.len()], vec![0f32; inp.len()]);
+        dropout_chunk((&mut a, &inp, 77, 123, 0.3, 1.0 / 0.7));
+        with_avx512(dropout_chunk, (&mut b[..], &inp[..], 77, 123, 0.3, 1.0 / 0.7));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(a.iter().any(|&x| x == 0.0) && a.iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
     fn mask_is_deterministic_and_has_the_right_rate() {
         let n = 100_000;
         let inp = vec![1.0f32; n];
