@@ -322,6 +322,12 @@ mod fused {
         fn scores<const HS: usize, const N: usize>(s: &mut [f32], a: &[[f32; HS]; N], bt: &[f32], lp: usize);
         /// acc[r] = sum_{i < len} w[r][i] * x_i (x_i: HS floats of row i at `stride`, from `off`).
         fn weighted_rows<const HS: usize, const N: usize>(w: &[f32], lp: usize, x: &[f32], len: usize, stride: usize, off: usize) -> [[f32; HS]; N];
+        /// Two `weighted_rows` over the same i < len (more independent sums in flight): the
+        /// same bits as two separate calls.
+        #[allow(clippy::too_many_arguments)]
+        fn weighted_rows2<const HS: usize, const N: usize>(w: [&[f32]; 2], lp: usize, x: [&[f32]; 2], len: usize, stride: [usize; 2], off: [usize; 2]) -> [[[f32; HS]; N]; 2] {
+            [0, 1].map(|k| Self::weighted_rows::<HS, N>(w[k], lp, x[k], len, stride[k], off[k]))
+        }
         /// y_i += sum_r w[r][i] * k_r for i < len (y: (len, HS)).
         fn add_rows<const HS: usize, const N: usize>(y: &mut [f32], w: &[f32], lp: usize, k: &[[f32; HS]; N], len: usize);
     }
@@ -421,6 +427,42 @@ mod fused {
                 for (o, accr) in out.iter_mut().zip(&acc) {
                     for v in 0..HS / 16 {
                         _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), accr[v]);
+                    }
+                }
+            }
+            out
+        }
+        #[inline(always)]
+        fn weighted_rows2<const HS: usize, const N: usize>(w: [&[f32]; 2], lp: usize, x: [&[f32]; 2], len: usize, stride: [usize; 2], off: [usize; 2]) -> [[[f32; HS]; N]; 2] {
+            use std::arch::x86_64::*;
+            if HS > 32 || HS * N > 64 {
+                // two sets of accumulators would not fit the 32 registers
+                return [0, 1].map(|k| Self::weighted_rows::<HS, N>(w[k], lp, x[k], len, stride[k], off[k]));
+            }
+            for k in 0..2 {
+                assert!(w[k].len() >= N * lp && len <= lp);
+                assert!(len == 0 || (len - 1) * stride[k] + off[k] + HS <= x[k].len());
+            }
+            let mut out = [[[0f32; HS]; N]; 2];
+            // SAFETY: as in `weighted_rows`, for each of the two.
+            unsafe {
+                let mut acc = [[[_mm512_setzero_ps(); 2]; N]; 2]; // HS <= 32
+                for i in 0..len {
+                    for k in 0..2 {
+                        let xi = x[k].as_ptr().add(i * stride[k] + off[k]);
+                        for v in 0..HS / 16 {
+                            let xv = _mm512_loadu_ps(xi.add(16 * v));
+                            for r in 0..N {
+                                acc[k][r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*w[k].get_unchecked(r * lp + i)), xv, acc[k][r][v]);
+                            }
+                        }
+                    }
+                }
+                for k in 0..2 {
+                    for (o, accr) in out[k].iter_mut().zip(&acc[k]) {
+                        for v in 0..HS / 16 {
+                            _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), accr[v]);
+                        }
                     }
                 }
             }
@@ -547,8 +589,8 @@ mod fused {
                 *di = *pi * (*di - dl) * b.scale;
             }
         }
-        let dv: [[f32; HS]; N] = K::weighted_rows::<HS, N>(p, lp, b.dout, len, c, qoff);
-        let dk: [[f32; HS]; N] = K::weighted_rows::<HS, N>(ds, lp, b.qkv, len, c3, qoff);
+        // dV_j = sum_i p_ij dO_i, dK_j = sum_i ds_ij q_i
+        let [dv, dk] = K::weighted_rows2::<HS, N>([p, ds], lp, [b.dout, b.qkv], len, [c, c3], [qoff, qoff]);
         for r in 0..N {
             let at = (j0 + r) * c3;
             dqkv_b[at + voff..at + voff + HS].copy_from_slice(&dv[r]);
