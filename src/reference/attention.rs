@@ -541,6 +541,11 @@ mod fused {
             transpose::<HS>(kt, qkv_b, len, 3 * c, c + h * HS, 1.0);
             let f = Fwd { qkv: qkv_b, len, t, c, h, scale };
             let mut i = 0;
+            // 8 query rows a block where their outputs fit the registers twice over
+            while HS <= 32 && i + 2 * R <= len {
+                forward_rows::<K, HS, { 2 * R }>(&f, i, kt, s, out_b, lse_b);
+                i += 2 * R;
+            }
             while i + R <= len {
                 forward_rows::<K, HS, R>(&f, i, kt, s, out_b, lse_b);
                 i += R;
