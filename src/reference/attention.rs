@@ -234,6 +234,7 @@ pub fn attention_backward<T: Float>(
 /// plain loops of [`fused::Scalar`] (the tests hold it to them), and reruns are
 /// bit-identical. The scores are computed as (scale q_i) . k_j in both passes, so the
 /// backward's recomputed probabilities are exactly the forward's.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the tests use it there
 mod fused {
     use super::{dot_lanes, max_lanes};
     use rayon::prelude::*;
