@@ -1,6 +1,7 @@
 //! `CpuEngine`: the `cpu` device. The f32 reference model driven through the trainer's
 //! `Engine` trait: forward with dropout, backward, global norm, clip, AdamW.
-//! GEMMs run multithreaded in matrixmultiply; attention and AdamW use rayon.
+//! Everything parallel runs on rayon: GEMMs (matrixmultiply, one thread each, tall ones
+//! split by rows), the fused attention per review, the elementwise ops and AdamW.
 
 use rayon::prelude::*;
 

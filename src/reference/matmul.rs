@@ -1,6 +1,7 @@
 //! Linear layer: out (N, OC) = inp (N, IC) @ weight^T + bias, weight stored (OC, IC)
 //! row-major (llm.c). Kernel: `kernels/matmul.cu`; launcher: `src/ops/matmul.rs`.
-//! All three products go through `reference::gemm` (matrixmultiply sgemm / dgemm).
+//! All three products go through `reference::gemm` (matrixmultiply sgemm / dgemm; tall
+//! ones split over rayon's threads).
 
 use super::{gemm, Float};
 
@@ -45,10 +46,13 @@ pub fn matmul_backward<T: Float>(
     assert_eq!(dinp.len(), n * ic);
     assert_eq!(dweight.len(), oc * ic);
     assert_eq!(dout.len(), n * oc);
-    // dinp = dout @ weight : (N, OC) x (OC, IC)
-    gemm(n, oc, ic, T::one(), dout, (oc, 1), weight, (ic, 1), T::zero(), dinp, (ic, 1));
-    // dweight += dout^T @ inp : (OC, N) x (N, IC); dout^T has strides (1, OC)
-    gemm(oc, n, ic, T::one(), dout, (1, oc), inp, (ic, 1), T::one(), dweight, (ic, 1));
+    // the two products side by side on rayon's threads (they write different buffers)
+    rayon::join(
+        // dinp = dout @ weight : (N, OC) x (OC, IC)
+        || gemm(n, oc, ic, T::one(), dout, (oc, 1), weight, (ic, 1), T::zero(), dinp, (ic, 1)),
+        // dweight += dout^T @ inp : (OC, N) x (N, IC); dout^T has strides (1, OC)
+        || gemm(oc, n, ic, T::one(), dout, (1, oc), inp, (ic, 1), T::one(), dweight, (ic, 1)),
+    );
     if let Some(dbias) = dbias {
         assert_eq!(dbias.len(), oc);
         for row in dout.chunks_exact(oc) {

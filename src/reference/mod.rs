@@ -61,7 +61,8 @@ pub trait Float:
     fn fast_tanh(self) -> Self {
         self.tanh()
     }
-    /// The GEMM of the well-kept `matrixmultiply` crate (sgemm / dgemm, multithreaded):
+    /// The GEMM of the well-kept `matrixmultiply` crate (sgemm / dgemm, one thread; [`gemm`]
+    /// splits large products over rayon):
     /// `c (m, n) = alpha * a (m, k) @ b (k, n) + beta * c`, each matrix given by its
     /// slice and its row and column strides (in elements). With `beta == 0` the old
     /// contents of `c` are ignored (may even be NaN).
@@ -196,6 +197,36 @@ pub fn gemm<T: Float>(
     }
     assert!(span(m, k, sa) <= a.len(), "gemm: a too short");
     assert!(span(k, n, sb) <= b.len(), "gemm: b too short");
+    // Large tall products (m >= 2k: the linear layers' forward and input gradient): one
+    // block of rows of a and c per rayon thread, each a single-threaded GEMM that packs
+    // b again (small when k is). Each element of c is the same sum in the same order
+    // whatever the blocks (the split is over rows, never over k), so the bits do not
+    // depend on the thread count. Wide-k products (weight gradients) run on one thread;
+    // `matmul_backward` runs them beside the input gradient.
+    let rows_per = m.div_ceil(rayon::current_num_threads()).next_multiple_of(16);
+    if rows_per < m && m >= 2 * k && m * n * k >= 1 << 20 && (n - 1) * sc.1 < sc.0 {
+        use rayon::prelude::*;
+        c.par_chunks_mut(rows_per * sc.0).enumerate().for_each(|(i, c_rows)| {
+            let r0 = i * rows_per;
+            if r0 >= m {
+                return; // c runs past the last row
+            }
+            let rm = rows_per.min(m - r0);
+            // SAFETY: rows r0..r0+rm of a are inside a (span checked above); those rows
+            // of c start this chunk and lie inside it, since (n - 1) * sc.1 < sc.0 (and
+            // the whole span was checked); the chunks are disjoint.
+            unsafe {
+                T::gemm_raw(
+                    rm, k, n, alpha,
+                    a.as_ptr().add(r0 * sa.0), sa.0 as isize, sa.1 as isize,
+                    b.as_ptr(), sb.0 as isize, sb.1 as isize,
+                    beta,
+                    c_rows.as_mut_ptr(), sc.0 as isize, sc.1 as isize,
+                )
+            }
+        });
+        return;
+    }
     // SAFETY: every index the GEMM touches is inside its slice (checked above), and `c`
     // is a unique borrow distinct from `a` and `b`.
     unsafe {
@@ -233,6 +264,29 @@ mod tests {
         assert_eq!((100.0f32).fast_tanh(), 1.0);
         assert_eq!((-100.0f32).fast_tanh(), -1.0);
         assert_eq!(1.5f64.fast_exp(), 1.5f64.exp());
+    }
+
+    #[test]
+    fn split_gemm_gives_the_same_bits_on_any_number_of_threads() {
+        // A tall product large enough to be split by rows (m >= 2k, m n k >= 2^20), with
+        // edge tiles (m, n odd), against the same GEMM on one thread (no split).
+        let (m, k, n) = (4099, 64, 67);
+        let mut rng = crate::reference::gradcheck::SplitMix64::new(12);
+        let a: Vec<f32> = rng.normal_vec(m * k, 1.0).iter().map(|&x| x as f32).collect();
+        let b: Vec<f32> = rng.normal_vec(k * n, 1.0).iter().map(|&x| x as f32).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            let mut c = vec![f32::NAN; m * n];
+            pool.install(|| gemm(m, k, n, 1.0, &a, (k, 1), &b, (1, k), 0.0, &mut c, (n, 1)));
+            c
+        };
+        let one = run(1);
+        let want = (0..k).map(|d| a[d] as f64 * b[d] as f64).sum::<f64>(); // c[0][0]
+        assert!((one[0] as f64 - want).abs() < 1e-4, "{} vs {want}", one[0]);
+        for threads in [2, 3, 8] {
+            let c = run(threads);
+            assert!(one.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads");
+        }
     }
 
     #[test]
