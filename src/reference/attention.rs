@@ -436,7 +436,7 @@ mod fused {
         #[inline(always)]
         fn weighted_rows2<const HS: usize, const N: usize>(w: [&[f32]; 2], lp: usize, x: [&[f32]; 2], len: usize, stride: [usize; 2], off: [usize; 2]) -> [[[f32; HS]; N]; 2] {
             use std::arch::x86_64::*;
-            if HS > 32 || HS * N > 64 {
+            if HS > 32 || HS * N > 128 {
                 // two sets of accumulators would not fit the 32 registers
                 return [0, 1].map(|k| Self::weighted_rows::<HS, N>(w[k], lp, x[k], len, stride[k], off[k]));
             }
@@ -632,6 +632,11 @@ mod fused {
             w.dq.resize(len * HS, 0.0);
             let b = Bwd { qkv: qkv_b, dout: dout_b, lse: &lse_b[h * t..h * t + len], delta: &w.delta, qt: &w.qt, dot: &w.dot, len, c, h, scale };
             let mut j = 0;
+            // 8 key rows a block where both sets of dV, dK sums fit the registers
+            while HS <= 16 && j + 2 * R <= len {
+                backward_cols::<K, HS, { 2 * R }>(&b, j, &mut w.p, &mut w.ds, &mut w.dq, dqkv_b);
+                j += 2 * R;
+            }
             while j + R <= len {
                 backward_cols::<K, HS, R>(&b, j, &mut w.p, &mut w.ds, &mut w.dq, dqkv_b);
                 j += R;
