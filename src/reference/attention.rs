@@ -227,13 +227,14 @@ pub fn attention_backward<T: Float>(
 /// The f32 path of the `cpu` device on a CPU with AVX-512F, for head sizes 16, 32 and 64
 /// (anything else takes the GEMM path above): both passes fused per (review, head),
 /// flash style, with no GEMM packing of the (L, L) probabilities and no GEMM threads
-/// nested in the per-review ones. Blocks of `R` rows (queries in the forward, keys in the
-/// backward) meet every column `W` at a time, the other operand transposed once per head
+/// nested in the per-review ones. Blocks of `R` rows, or `2 R` where their sums fit the
+/// registers (queries in the forward, keys in the backward), meet every column `W` at a
+/// time, the other operand transposed once per head
 /// into an (HS, L) scratch so the inner loops are contiguous. Every sum is a chain of
 /// fused multiply-adds in a fixed order: [`fused::Avx512`] gives the same bits as the
 /// plain loops of [`fused::Scalar`] (the tests hold it to them), and reruns are
 /// bit-identical. The scores are computed as (scale q_i) . k_j in both passes, so the
-/// backward's recomputed probabilities are exactly the forward's.
+/// backward recomputes its probabilities from exactly the forward's scores.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the tests use it there
 mod fused {
     use super::{dot_lanes, max_lanes};
