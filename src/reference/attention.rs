@@ -224,20 +224,21 @@ pub fn attention_backward<T: Float>(
     );
 }
 
-/// The f32 path of the `cpu` device on a CPU with AVX-512F, for head sizes 16, 32 and 64
-/// (anything else takes the GEMM path above): both passes fused per (review, head),
-/// flash style, with no GEMM packing of the (L, L) probabilities and no GEMM threads
-/// nested in the per-review ones. Blocks of `R` rows, or `2 R` where their sums fit the
-/// registers (queries in the forward, keys in the backward), meet every column `W` at a
-/// time, the other operand transposed once per head
-/// into an (HS, L) scratch so the inner loops are contiguous. Every sum is a chain of
-/// fused multiply-adds in a fixed order: [`fused::Avx512`] gives the same bits as the
-/// plain loops of [`fused::Scalar`] (the tests hold it to them), and reruns are
-/// bit-identical. The scores are computed as (scale q_i) . k_j in both passes, so the
-/// backward recomputes its probabilities from exactly the forward's scores.
+/// The f32 path of the `cpu` device on a CPU with AVX-512 (`reference::has_avx512`), for
+/// head sizes 16, 32 and 64 (anything else takes the GEMM path above): both passes fused
+/// per (review, head), flash style, with no GEMM packing of the (L, L) probabilities and
+/// no GEMM threads nested in the per-review ones. Blocks of `R` rows, or `2 R` where their
+/// sums fit the registers (queries in the forward, keys in the backward), meet every
+/// column `W` at a time, the other operand transposed once per head into an (HS, L)
+/// scratch so the inner loops are contiguous. Every sum is a chain of fused
+/// multiply-adds in a fixed order: [`fused::Avx512`] gives the same bits as the plain
+/// loops of [`fused::Scalar`] (the tests hold it to them), and reruns are bit-identical.
+/// The scores are computed as (scale q_i) . k_j in both passes, so the backward
+/// recomputes its probabilities from exactly the forward's scores.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the tests use it there
 mod fused {
     use super::{dot_lanes, max_lanes};
+    use crate::reference::{exp_f32_fma, has_avx512};
     use rayon::prelude::*;
 
     /// Rows (queries in the forward, keys in the backward) per block.
@@ -256,24 +257,6 @@ mod fused {
         }
     }
 
-    /// `exp(x)` as [`crate::reference::exp_f32`] (the same Cephes polynomial and clamp)
-    /// with its multiply-adds fused: half the instructions on the AVX-512 path, the same
-    /// bits in the plain twin. Within 2 ulp of libm like `exp_f32` (tested).
-    #[inline(always)]
-    pub(super) fn exp_fma(x: f32) -> f32 {
-        const LOG2E: f32 = std::f32::consts::LOG2_E;
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-        let x = x.clamp(-87.3, 88.3);
-        let rounded = x.mul_add(LOG2E, ROUND); // ROUND + n, n = round(x log2 e)
-        let n = rounded - ROUND;
-        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-        let p = 1.987_569_1e-4f32.mul_add(r, 1.398_199_9e-3).mul_add(r, 8.333_452e-3).mul_add(r, 4.166_579_6e-2).mul_add(r, 1.666_666_5e-1).mul_add(r, 0.5);
-        let y = (p * r).mul_add(r, r) + 1.0;
-        y * crate::reference::pow2_of_rounded(rounded)
-    }
-
     /// A row of scores (non-empty) to e_j = exp(s_j - max) in place; returns 1 / sum_j e_j
     /// and the log-sum-exp max + ln sum_j e_j. The sum runs over 16 lanes in a fixed order.
     #[inline(always)]
@@ -283,12 +266,12 @@ mod fused {
         let mut chunks = row.chunks_exact_mut(16);
         for ch in &mut chunks {
             for (a, x) in acc.iter_mut().zip(ch) {
-                *x = exp_fma(*x - m);
+                *x = exp_f32_fma(*x - m);
                 *a += *x;
             }
         }
         for x in chunks.into_remainder() {
-            *x = exp_fma(*x - m);
+            *x = exp_f32_fma(*x - m);
             acc[0] += *x;
         }
         let sum: f32 = acc.iter().sum();
@@ -592,7 +575,7 @@ mod fused {
         for r in 0..N {
             let (pr, dsr) = (&mut p[r * lp..r * lp + len], &mut ds[r * lp..r * lp + len]);
             for (((pi, di), &l), &dl) in pr.iter_mut().zip(dsr.iter_mut()).zip(b.lse).zip(b.delta) {
-                *pi = exp_fma(*pi - l);
+                *pi = exp_f32_fma(*pi - l);
                 *di = *pi * (*di - dl) * b.scale;
             }
         }
@@ -652,18 +635,6 @@ mod fused {
         }
     }
 
-    /// Whether this CPU runs the fused path (AVX-512F with its 16-lane fused multiply-add).
-    fn has_avx512() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
     /// The fused forward on the AVX-512 path; false (nothing written) without AVX-512 or
     /// for a head size that is not 16, 32 or 64: the caller then takes the GEMM path.
     #[allow(clippy::too_many_arguments)]
@@ -681,7 +652,7 @@ mod fused {
                     out_b.fill(0.0);
                     lse_b.fill(0.0);
                     let len = (lens[bi] as usize).min(t);
-                    // SAFETY: `forward` checked that the CPU has AVX-512F.
+                    // SAFETY: `forward` checked that the CPU has AVX-512 (F among others).
                     unsafe { review::<HS>(out_b, lse_b, &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c], len, t, c, s) };
                 },
             );
@@ -715,7 +686,7 @@ mod fused {
                 dqkv_b.fill(0.0);
                 let len = (lens[bi] as usize).min(t);
                 let (g, q, o, l) = (&dout[bi * tc..(bi + 1) * tc], &qkv[bi * tc3..(bi + 1) * tc3], &out[bi * tc..(bi + 1) * tc], &lse[bi * tnh..(bi + 1) * tnh]);
-                // SAFETY: `backward` checked that the CPU has AVX-512F.
+                // SAFETY: `backward` checked that the CPU has AVX-512 (F among others).
                 unsafe { review::<HS>(dqkv_b, g, q, o, l, len, t, c, w) };
             });
         }
@@ -830,28 +801,9 @@ mod tests {
     }
 
     #[test]
-    fn exp_fma_matches_f64_and_exp_f32() {
-        // The fused multiply-add form of the Cephes exp: within 3e-7 relative of libm
-        // (f64) over the clamp range, as exp_f32; exp(0) = 1; NaN stays NaN.
-        let (mut worst, mut worst_vs_f32) = (0.0f64, 0.0f64);
-        let mut x = -87.3f32;
-        while x < 88.3 {
-            let e = (x as f64).exp();
-            worst = worst.max((fused::exp_fma(x) as f64 - e).abs() / e);
-            worst_vs_f32 = worst_vs_f32.max((fused::exp_fma(x) as f64 - crate::reference::exp_f32(x) as f64).abs() / e);
-            x += 0.000_731;
-        }
-        println!("exp_fma max rel err {worst:.2e} vs f64 (tol 3e-7), {worst_vs_f32:.2e} vs exp_f32");
-        assert!(worst < 3e-7);
-        assert_eq!(fused::exp_fma(0.0), 1.0);
-        assert!(fused::exp_fma(f32::NAN).is_nan());
-        assert_eq!(fused::exp_fma(-1000.0), fused::exp_fma(-87.3));
-    }
-
-    #[test]
     fn fused_avx512_gives_the_bits_of_the_plain_lanes_and_reruns_are_identical() {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
+        if crate::reference::has_avx512() {
             for (n, &(b, t, c, nh, lens)) in FUSED_CASES.iter().enumerate() {
                 let (qkv, dout) = fused_inputs(b, t, c, 90 + n as u64, 2.0);
                 let (q32, d32) = (to_f32(&qkv), to_f32(&dout));
@@ -866,7 +818,7 @@ mod tests {
             }
             return;
         }
-        println!("this CPU has no AVX-512F: the f32 path is the GEMM one, checked by fused_f32_matches_the_f64_reference");
+        println!("this CPU has no AVX-512: the f32 path is the GEMM one, checked by fused_f32_matches_the_f64_reference");
     }
 
     #[test]

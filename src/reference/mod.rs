@@ -110,22 +110,46 @@ impl Float for f64 {
     }
 }
 
+/// Constants of the Cephes `expf` shared by [`exp_f32`] and [`exp_f32_fma`].
+mod cephes {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4; // ln 2 = LN2_HI + LN2_LO, LN2_HI exact in few bits
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to integer
+    pub const MIN: f32 = -87.3; // the clamp: results from about 1.2e-38 to 2.1e38
+    pub const MAX: f32 = 88.3;
+    /// exp(r) ~ 1 + r + r^2 (P[0] r^5 + ... + P[5]) on |r| <= ln2 / 2
+    pub const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+}
+
 /// `exp(x)` in f32 without branches or libm calls (Cephes `expf`): x = n ln2 + r with
 /// |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, times 2^n built in the exponent bits.
 /// Inputs are clamped to [-87.3, 88.3] (results from about 1.2e-38 to 2.1e38, never inf
 /// or a denormal); NaN stays NaN.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // ln 2 = LN2_HI + LN2_LO, LN2_HI exact in few bits
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to integer
-    let x = x.clamp(-87.3, 88.3);
+    use cephes::*;
+    let x = x.clamp(MIN, MAX);
     let rounded = x * LOG2E + ROUND; // ROUND + n, n = round(x log2 e)
     let n = rounded - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let p = ((((P[0] * r + P[1]) * r + P[2]) * r + P[3]) * r + P[4]) * r + P[5];
     let y = p * r * r + r + 1.0;
+    y * pow2_of_rounded(rounded)
+}
+
+/// [`exp_f32`] with its multiply-adds fused (`mul_add`): half the instructions where the
+/// caller is compiled with FMA (the fused attention), a correctly rounded libm `fmaf`
+/// elsewhere, so the same bits on every machine. Within 2 ulp of libm, like `exp_f32`.
+#[inline(always)]
+pub fn exp_f32_fma(x: f32) -> f32 {
+    use cephes::*;
+    let x = x.clamp(MIN, MAX);
+    let rounded = x.mul_add(LOG2E, ROUND); // ROUND + n, n = round(x log2 e)
+    let n = rounded - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let p = P[0].mul_add(r, P[1]).mul_add(r, P[2]).mul_add(r, P[3]).mul_add(r, P[4]).mul_add(r, P[5]);
+    let y = (p * r).mul_add(r, r) + 1.0;
     y * pow2_of_rounded(rounded)
 }
 
@@ -156,12 +180,25 @@ pub(crate) fn with_avx512<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
         fn run<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
             f(args)
         }
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw") {
+        if has_avx512() {
             // SAFETY: the CPU has the features `run` is compiled for.
             return unsafe { run(f, args) };
         }
     }
     f(args)
+}
+
+/// Whether this CPU has the AVX-512 subsets the `cpu` device's fast paths are compiled
+/// for (F, DQ, VL, BW: every AVX-512 CPU since Skylake-SP and Zen 4); false off x86-64.
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Row and column strides of a matrix operand: `(rows, cols)` in elements.
@@ -246,21 +283,25 @@ mod tests {
 
     #[test]
     fn fast_exp_and_tanh_f32_match_f64() {
-        let (mut worst_exp, mut worst_tanh) = (0.0f64, 0.0f64);
+        let (mut worst_exp, mut worst_fma, mut worst_tanh) = (0.0f64, 0.0f64, 0.0f64);
         let mut x = -90.0f32;
         while x < 89.0 {
             let e = (x as f64).exp();
             if (-87.3..=88.3).contains(&x) {
                 worst_exp = worst_exp.max(((x.fast_exp() as f64) - e).abs() / e);
+                worst_fma = worst_fma.max(((exp_f32_fma(x) as f64) - e).abs() / e);
             }
             worst_tanh = worst_tanh.max(((x.fast_tanh() as f64) - (x as f64).tanh()).abs());
             x += 0.000_731;
         }
-        println!("f32 fast_exp max rel err {worst_exp:.2e} (tol 3e-7), fast_tanh max abs err {worst_tanh:.2e} (tol 2e-7)");
-        assert!(worst_exp < 3e-7 && worst_tanh < 2e-7);
+        println!("f32 fast_exp max rel err {worst_exp:.2e}, exp_f32_fma {worst_fma:.2e} (tol 3e-7), fast_tanh max abs err {worst_tanh:.2e} (tol 2e-7)");
+        assert!(worst_exp < 3e-7 && worst_fma < 3e-7 && worst_tanh < 2e-7);
         assert_eq!(0.0f32.fast_exp(), 1.0);
         assert_eq!(f32::NEG_INFINITY.fast_exp(), (-87.3f32).fast_exp());
         assert!(f32::NAN.fast_exp().is_nan());
+        assert_eq!(exp_f32_fma(0.0), 1.0);
+        assert_eq!(exp_f32_fma(-1000.0), exp_f32_fma(-87.3));
+        assert!(exp_f32_fma(f32::NAN).is_nan());
         assert_eq!((100.0f32).fast_tanh(), 1.0);
         assert_eq!((-100.0f32).fast_tanh(), -1.0);
         assert_eq!(1.5f64.fast_exp(), 1.5f64.exp());
