@@ -6,6 +6,7 @@
 use crate::cli::setup::RunConfig;
 use crate::data::read::clean_text;
 use crate::data::vocab::VocabMap;
+use crate::data::dataset::distinct_ids;
 use crate::data::{tokenize, BatchConfig, BatchPlan, Review, ReviewSet, Truncate};
 use crate::model::Batch;
 use crate::train::engine::Engine;
@@ -37,6 +38,8 @@ pub struct TextPolicy {
     pub id_map: Vec<u32>,
     /// `--compact-vocab` runs: ids unseen in their training share one row.
     pub vocab_map: Option<VocabMap>,
+    /// `--dedup` runs: each text is fed as its distinct token ids.
+    pub dedup: bool,
 }
 
 impl TextPolicy {
@@ -46,6 +49,7 @@ impl TextPolicy {
             truncate: Truncate::new(config.model.max_len, policy),
             id_map: config.id_map.clone(),
             vocab_map: config.vocab_map.clone(),
+            dedup: config.dedup,
         })
     }
 
@@ -60,6 +64,10 @@ impl TextPolicy {
         let mut ids = tokenize::encode(&text);
         if !self.id_map.is_empty() {
             ids = ids.iter().filter_map(|id| self.id_map.binary_search(id).ok().map(|i| i as u32)).collect();
+        }
+        if self.dedup {
+            // before the many-to-one compaction, as in training (`setup::load_data`)
+            ids = distinct_ids(&ids);
         }
         if let Some(map) = &self.vocab_map {
             ids = ids.iter().map(|&id| map.map(id)).collect();

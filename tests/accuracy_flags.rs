@@ -1,4 +1,4 @@
-//! `--holdout`, `--compact-vocab` / `--min-count` and `--label-smoothing` end to end on a
+//! `--holdout`, `--compact-vocab` / `--min-count`, `--label-smoothing` and `--dedup` end to end on a
 //! small generated archive with the cpu device: the held-out set is movie-disjoint from
 //! the training part, the run records its remap, and `eval` / `predict` on the compacted
 //! run reproduce what training measured.
@@ -101,6 +101,63 @@ fn holdout_compaction_and_smoothing_end_to_end() {
     let e = format!("{:#}", train::run(parse(&["--data", &data, "--holdout", "80", "--device", "cpu", "--out", out])).unwrap_err());
     assert!(e.contains("nothing is left to train on"), "{e}");
     assert!(!Path::new(out).exists(), "no half run folder left behind");
+}
+
+#[test]
+fn dedup_feeds_distinct_ids_in_training_eval_and_predict() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = archive(tmp.path());
+
+    // every set is reduced review by review, before the compaction (so a rare id counts once)
+    let plain = setup::load_data(&parse(&["--data", &data, "--full-test"]), 1).unwrap();
+    let args: DataArgs = parse(&["--data", &data, "--full-test", "--dedup"]);
+    let loaded = setup::load_data(&args, 1).unwrap();
+    let test = |l: &setup::LoadedData| l.test.clone().unwrap();
+    for (a, b) in [(&plain.train, &loaded.train), (&plain.val, &loaded.val), (&test(&plain), &test(&loaded))] {
+        assert_eq!(a.len(), b.len());
+        assert!(b.total_tokens() < a.total_tokens(), "the generated reviews repeat tokens");
+        for i in 0..a.len() {
+            let want = cudaenc::data::dataset::distinct_ids(a.tokens_of(i));
+            assert_eq!(b.tokens_of(i), want.as_slice(), "review {i}");
+            assert_eq!(a.reviews[i].label, b.reviews[i].label);
+        }
+    }
+
+    // a run records it; eval reproduces the run's numbers only by feeding the same way
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    train::run(parse(&[
+        "--data", &data, "--dedup", "--preset", "demo", "--epochs", "1", "--batch-size", "8", "--max-len", "24",
+        "--device", "cpu", "--loss", "bce", "--full-test", "--out", r,
+    ]))
+    .unwrap();
+    let config = RunConfig::read(&run).unwrap();
+    assert!(config.dedup, "recorded in config.json");
+    let last = RunDir { path: run.clone() }.read_metrics().unwrap().last().unwrap().clone();
+    let t = eval::measure(&parse(&["--run", r, "--data", &data, "--split", "test", "--device", "cpu"])).unwrap();
+    assert!((t.acc - last.test_acc.unwrap()).abs() < 1e-9, "eval {} vs training {:?}", t.acc, last.test_acc);
+    let v = eval::measure(&parse(&["--run", r, "--data", &data, "--split", "val", "--device", "cpu"])).unwrap();
+    assert!((v.acc - last.val_acc).abs() < 1e-9 && (v.loss - last.val_loss).abs() < 1e-6, "eval {v:?} vs training {last:?}");
+
+    // predict prepares a text the same way
+    let policy = cudaenc::infer::TextPolicy::of_run(&config).unwrap();
+    let p = policy.prepare(b"good good bad good movie movie");
+    let ids = cudaenc::data::tokenize::encode("good good bad good movie movie");
+    assert_eq!(p.ids, cudaenc::data::dataset::distinct_ids(&ids));
+    assert!(p.ids.len() < ids.len());
+    predict::run(parse(&["--run", r, "--device", "cpu", "A wonderful film, wonderful."])).unwrap();
+
+    // a run trained without it: resume and eval refuse the flag instead of mixing
+    let other = tmp.path().join("plain");
+    let o = other.to_str().unwrap();
+    let base = ["--data", &data, "--preset", "demo", "--epochs", "1", "--batch-size", "8", "--max-len", "24", "--device", "cpu", "--out", o];
+    train::run(parse(&base)).unwrap();
+    let e = format!("{:#}", eval::measure(&parse(&["--run", o, "--data", &data, "--split", "val", "--device", "cpu", "--dedup"])).unwrap_err());
+    assert!(e.contains("--dedup"), "{e}");
+    let resumed: Vec<&str> = base.iter().copied().chain(["--resume", "--dedup"]).collect();
+    let e = format!("{:#}", train::run(parse(&resumed)).unwrap_err());
+    assert!(e.contains("--dedup"), "{e}");
 }
 
 #[test]

@@ -67,6 +67,7 @@ fn train(precision: Precision) -> (RunRecord, usize) {
         holdout: None,
         compact_vocab: false,
         min_count: 1,
+        dedup: false,
     };
     let mut loaded = setup::load_data(&args, SEED).unwrap();
     loaded.train.reviews.retain(|r| r.len <= MAX_TOKENS);

@@ -67,6 +67,7 @@ fn only_a_finite_checkpoint_is_kept() {
         holdout: None,
         compact_vocab: false,
         min_count: 1,
+        dedup: false,
     };
     let loaded = setup::load_data(&args, 1).unwrap();
     let h = setup::Hyper { epochs: 3, d_model: 8, d_ff: 16, n_head: 2, max_len: 16, batch_size: 16, ..Preset::Demo.hyper() };
@@ -111,6 +112,7 @@ fn resume_refuses_a_checkpoint_header_that_is_not_the_runs() {
         holdout: None,
         compact_vocab: false,
         min_count: 1,
+        dedup: false,
     };
     let loaded = setup::load_data(&args, 1).unwrap();
     let h = setup::Hyper { epochs: 2, d_model: 8, d_ff: 16, n_head: 2, max_len: 16, batch_size: 16, ..Preset::Demo.hyper() };

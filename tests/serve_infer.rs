@@ -77,7 +77,7 @@ fn batches_respect_the_token_budget_and_sort_by_length() {
 
 #[test]
 fn texts_are_prepared_as_training_prepares_them() {
-    let policy = TextPolicy { truncate: Truncate::new(5, TruncatePolicy::Head), id_map: Vec::new(), vocab_map: None };
+    let policy = TextPolicy { truncate: Truncate::new(5, TruncatePolicy::Head), id_map: Vec::new(), vocab_map: None, dedup: false };
     let raw: &[u8] = b"Great film.<br /><br />Loved \xff it, really loved it a lot.";
     let p = policy.prepare(raw);
     let (cleaned, invalid, had_br) = clean_text(raw);
@@ -92,7 +92,7 @@ fn texts_are_prepared_as_training_prepares_them() {
     }
     // a demo model's vocabulary: ids are remapped, unknown ones dropped
     let known = tokenize::encode(" good");
-    let demo = TextPolicy { truncate: Truncate::none(), id_map: vec![known[0]], vocab_map: None };
+    let demo = TextPolicy { truncate: Truncate::none(), id_map: vec![known[0]], vocab_map: None, dedup: false };
     assert_eq!(demo.prepare(b"good good").ids, vec![0]); // "good" is not " good"
     assert!(demo.prepare(b" good").ids == vec![0]);
     let unknown = demo.prepare(b"zebra");

@@ -21,6 +21,7 @@ fn demo_args() -> DataArgs {
         holdout: None,
         compact_vocab: false,
         min_count: 1,
+        dedup: false,
     }
 }
 

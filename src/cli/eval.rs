@@ -134,6 +134,11 @@ pub fn measure(args: &Args) -> Result<Measured> {
         data_args.val_seed = Some(config.val_seed);
     }
     data_args.compact_vocab = false; // the run's own remap is applied below
+    ensure!(
+        !data_args.dedup || config.dedup,
+        "--dedup: the run was trained on whole reviews, and eval feeds reviews as the run was fed (drop --dedup)"
+    );
+    data_args.dedup = config.dedup; // as the run was fed
     let mut loaded = setup::load_data(&data_args, config.train.seed).with_context(|| {
         if recorded {
             format!("loading the run's data {} (recorded in its config.json; give --data to use other data)", config.data_source)

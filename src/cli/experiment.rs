@@ -123,7 +123,11 @@ pub fn run(mut args: Args) -> Result<()> {
         Some(_) => format!("validation: {n_val} reviews of held-out movies of the train split"),
         None => format!("validation sample of {n_val} from the test split"),
     };
-    let source = format!("{source} ({n_train} train reviews, {val}, seed {})", args.data.val_seed());
+    let source = format!(
+        "{source} ({n_train} train reviews, {val}, seed {}{})",
+        args.data.val_seed(),
+        if args.data.dedup { "; every review fed as its distinct token ids (--dedup)" } else { "" }
+    );
     let report = write_report(&args, &out, &h, &device.name(), &source, &results, seconds)?;
     println!("{report}");
     Ok(())

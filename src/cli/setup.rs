@@ -292,6 +292,12 @@ pub struct DataArgs {
     /// With --compact-vocab: ids seen fewer than K times in training also share that row
     #[arg(long, value_name = "K", requires = "compact_vocab", default_value_t = 1)]
     pub min_count: u32,
+    /// Feed each review's distinct token ids once, in order of first occurrence (a bag of
+    /// types, like the presence features of a unigram model): the model has no positions,
+    /// so this changes only how often an id counts in the mean (recorded in the run for
+    /// eval, predict and serve). Default: off
+    #[arg(long)]
+    pub dedup: bool,
 }
 
 /// The validation sample's size when --val-size is not given.
@@ -320,6 +326,13 @@ pub struct LoadedData {
 }
 
 impl LoadedData {
+    /// Every set's reviews reduced to their distinct token ids (`--dedup`).
+    pub fn dedup(&mut self) {
+        self.train = self.train.distinct();
+        self.val = self.val.distinct();
+        self.test = self.test.as_ref().map(ReviewSet::distinct);
+    }
+
     /// Remap the tokens of every set through `map`; the vocabulary becomes its size.
     pub fn compact(&mut self, map: VocabMap) {
         let mut sets: Vec<&mut ReviewSet> = vec![&mut self.train, &mut self.val];
@@ -424,6 +437,11 @@ pub fn load_data(args: &DataArgs, split_seed: u64) -> Result<LoadedData> {
             if positives == 0 { "negative" } else { "positive" },
             if args.train_subset.is_some() { " (raise --train-subset)" } else { " (check the data's pos/ and neg/ folders)" }
         );
+    }
+    if args.dedup {
+        // before the compaction, as `infer::TextPolicy::prepare` does for a new text (the
+        // compaction maps many ids to one row)
+        loaded.dedup();
     }
     if args.compact_vocab {
         // counted on the reviews trained on only, so held-out and test ids unseen in
@@ -639,6 +657,9 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<usize>,
     pub truncate: String,
+    /// `--dedup`: every review was fed as its distinct token ids.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedup: bool,
     pub device: String,
     /// Demo corpus only: dense id -> cl100k id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -670,6 +691,7 @@ impl RunConfig {
             train_subset: data.train_subset,
             holdout: data.holdout,
             truncate: data.truncate.to_string(),
+            dedup: data.dedup,
             device: device.name(),
             id_map: loaded.id_map.clone(),
             vocab_map: loaded.vocab_map.clone(),
@@ -698,6 +720,7 @@ impl RunConfig {
         check(a.holdout == b.holdout, "--holdout");
         check(a.vocab_map == b.vocab_map, "--compact-vocab / --min-count");
         check(a.truncate == b.truncate, "--truncate");
+        check(a.dedup == b.dedup, "--dedup");
         check(a.id_map == b.id_map, "the demo corpus's vocabulary");
         out
     }

@@ -70,6 +70,31 @@ impl ReviewSet {
     }
 }
 
+impl ReviewSet {
+    /// The same reviews, each reduced to its distinct token ids in order of first
+    /// occurrence (`--dedup`): the model has no positions, so this changes only how often
+    /// an id counts in the mean over a review. Reviews keep their order and metadata.
+    pub fn distinct(&self) -> ReviewSet {
+        let mut tokens = Vec::with_capacity(self.tokens.len());
+        let mut seen = std::collections::HashSet::new();
+        let reviews = (0..self.len())
+            .map(|i| {
+                let start = tokens.len();
+                seen.clear();
+                tokens.extend(self.tokens_of(i).iter().filter(|&&id| seen.insert(id)));
+                Review { start, len: (tokens.len() - start) as u32, ..self.reviews[i] }
+            })
+            .collect();
+        ReviewSet { tokens: tokens.into(), reviews }
+    }
+}
+
+/// `ids` without repeats, in order of first occurrence (`--dedup`; [`ReviewSet::distinct`]).
+pub fn distinct_ids(ids: &[u32]) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter().copied().filter(|&id| seen.insert(id)).collect()
+}
+
 /// Seeded in-place Fisher-Yates shuffle.
 pub fn shuffle<T>(v: &mut [T], rng: &mut SplitMix64) {
     for i in (1..v.len()).rev() {
@@ -152,5 +177,42 @@ impl Dataset {
             }
         }
         Dataset { train, test, movies, info }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_keeps_first_occurrences_in_order_and_the_metadata() {
+        let texts: [&[u32]; 4] = [&[5, 9, 5, 5, 7, 9], &[3], &[8, 8, 8], &[1, 2, 3, 2, 1, 4]];
+        let mut tokens = Vec::new();
+        let mut reviews = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let r = Review { start: tokens.len(), len: t.len() as u32, label: (i % 2) as u8, rating: 7, id: 10 + i as u32, movie: 3 * i as u32 };
+            reviews.push(r);
+            tokens.extend_from_slice(t);
+        }
+        // a shuffled view of the shared buffer, as the train split is
+        let set = ReviewSet { tokens: tokens.into(), reviews }.shuffled(4);
+        let d = set.distinct();
+        assert_eq!(d.len(), set.len());
+        let want = |t: &[u32]| -> Vec<u32> {
+            match t {
+                [5, 9, 5, 5, 7, 9] => vec![5, 9, 7],
+                [3] => vec![3],
+                [8, 8, 8] => vec![8],
+                _ => vec![1, 2, 3, 4],
+            }
+        };
+        for i in 0..set.len() {
+            assert_eq!(d.tokens_of(i), want(set.tokens_of(i)).as_slice(), "review {i}");
+            assert_eq!(distinct_ids(set.tokens_of(i)), d.tokens_of(i), "review {i}: the text path agrees");
+            let (a, b) = (set.reviews[i], d.reviews[i]);
+            assert_eq!((a.label, a.rating, a.id, a.movie), (b.label, b.rating, b.id, b.movie), "review {i}: metadata kept");
+        }
+        assert_eq!(d.total_tokens(), 3 + 1 + 1 + 4);
+        assert!(distinct_ids(&[]).is_empty());
     }
 }
