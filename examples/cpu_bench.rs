@@ -53,7 +53,7 @@ fn main() -> Result<()> {
 
     let seed = 1;
     let train_subset: Option<usize> = flag("--subset").map(|s| s.parse()).transpose()?;
-    let data_args = DataArgs { data: Some(data), val_size: None, val_seed: None, truncate: TruncatePolicy::Head, train_subset, full_test: false, holdout: None, compact_vocab: false, min_count: 1 };
+    let data_args = DataArgs { data: Some(data), val_size: None, val_seed: None, truncate: TruncatePolicy::Head, train_subset, full_test: false, holdout: None, compact_vocab: false, min_count: 1, dedup: false };
     let loaded = setup::load_data(&data_args, seed)?;
     // The shape and step that benches/pytorch_cpu.py mirrors (the cpu preset before
     // issue 12 retuned it): dropout 0.1, lr 1e-3, no smoothing, head-truncated at --max-len tokens.
