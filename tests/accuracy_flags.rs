@@ -181,6 +181,10 @@ fn experiment_report_has_auc_and_calibration_per_loss() {
     ] {
         assert!(report.contains(want), "missing '{want}' in:\n{report}");
     }
+    // results.json says what the runs were fed, as the report's first line does
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let fed = json["data"].as_str().unwrap();
+    assert!(fed.contains("held-out movies of the train split") && !fed.contains("--dedup"), "{fed}");
     // the pooled ECE of the report is the ECE of the runs' bins added up
     let pooled = |loss: &str| {
         let cals: Vec<_> = (1..=2)

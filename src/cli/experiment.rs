@@ -234,6 +234,7 @@ fn write_report(
     md += "\nFigures: `accuracy_boxplot.svg`, `accuracy_curves.svg`.\n";
     let json = serde_json::json!({
         "device": device,
+        "data": source,
         "seconds": seconds,
         "hyper": h,
         "runs": results.iter().map(|(_, rs)| rs).collect::<Vec<_>>(),
