@@ -136,7 +136,7 @@ pub fn measure(args: &Args) -> Result<Measured> {
     data_args.compact_vocab = false; // the run's own remap is applied below
     ensure!(
         !data_args.dedup || config.dedup,
-        "--dedup: the run was trained on whole reviews, and eval feeds reviews as the run was fed (drop --dedup)"
+        "--dedup: the run was trained without it, and eval feeds reviews as the run was fed (drop --dedup)"
     );
     data_args.dedup = config.dedup; // as the run was fed
     let mut loaded = setup::load_data(&data_args, config.train.seed).with_context(|| {

@@ -68,23 +68,18 @@ impl ReviewSet {
         reviews.truncate(n);
         ReviewSet { tokens: self.tokens.clone(), reviews }
     }
-}
-
-impl ReviewSet {
     /// The same reviews, each reduced to its distinct token ids in order of first
-    /// occurrence (`--dedup`): the model has no positions, so this changes only how often
-    /// an id counts in the mean over a review. Reviews keep their order and metadata.
+    /// occurrence ([`distinct_ids`], `--dedup`): the model has no positions, so this
+    /// changes only how often an id counts in the mean over a review. Reviews keep their
+    /// order and metadata; the result has its own token buffer.
     pub fn distinct(&self) -> ReviewSet {
         let mut tokens = Vec::with_capacity(self.tokens.len());
-        let mut seen = std::collections::HashSet::new();
-        let reviews = (0..self.len())
-            .map(|i| {
-                let start = tokens.len();
-                seen.clear();
-                tokens.extend(self.tokens_of(i).iter().filter(|&&id| seen.insert(id)));
-                Review { start, len: (tokens.len() - start) as u32, ..self.reviews[i] }
-            })
-            .collect();
+        let mut reviews = self.reviews.clone();
+        for (i, r) in reviews.iter_mut().enumerate() {
+            let start = tokens.len();
+            tokens.extend(distinct_ids(self.tokens_of(i)));
+            (r.start, r.len) = (start, (tokens.len() - start) as u32);
+        }
         ReviewSet { tokens: tokens.into(), reviews }
     }
 }
