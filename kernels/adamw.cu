@@ -45,19 +45,22 @@ __device__ __forceinline__ float adamw_clip_scale(float norm, float max_norm) {
 // clip factor comes from the global gradient norm in device memory (norm[0], as
 // global_norm leaves it; max_norm <= 0: no clipping); a non-finite norm skips the whole
 // update (parameters and moments untouched: the step is reported, not applied). The
+// step's schedule is device memory too: sched = {lr, bc1, bc2} (the host writes it with
+// the batch), so a captured CUDA graph of the step replays with the next step's. The
 // table is staged in shared memory; each thread walks it with a cursor, since its
 // grid-stride indices only grow. Otherwise exactly adamw_update per tensor.
 extern "C" __global__ void adamw_update_tensors(float* __restrict__ params, float* __restrict__ m,
                                                 float* __restrict__ v, const float* __restrict__ grads,
                                                 const unsigned* __restrict__ ends, const unsigned* __restrict__ decay,
                                                 int n_tensors, const float* __restrict__ norm, float max_norm,
-                                                float lr, float beta1, float beta2, float bc1, float bc2, float eps,
+                                                const float* __restrict__ sched, float beta1, float beta2, float eps,
                                                 float weight_decay, int N) {
     __shared__ unsigned s_end[ADAMW_MAX_TENSORS];
     __shared__ float s_wd[ADAMW_MAX_TENSORS];
     const float g_norm = norm[0];
     if (!isfinite(g_norm)) return;  // block-uniform: before the barrier
     const float grad_scale = adamw_clip_scale(g_norm, max_norm);
+    const float lr = sched[0], bc1 = sched[1], bc2 = sched[2];
     for (int k = threadIdx.x; k < n_tensors; k += blockDim.x) {
         s_end[k] = ends[k];
         s_wd[k] = decay[k] ? weight_decay : 0.0f;

@@ -14,15 +14,17 @@ __device__ __forceinline__ void dropout_apply(float* __restrict__ out, const flo
 }
 
 // out (N) <- inp (N); scale = 1 / (1 - p), computed by the launcher in f64 like the reference.
+// The seed is read from device memory (seed[0], one per dropout site and step), so a
+// captured step replays with the next step's seed (see docs/design.md, CUDA graphs).
 extern "C" __global__ void dropout_forward(float* __restrict__ out, const float* __restrict__ inp,
-                                           unsigned long long seed, float p, float scale, int N) {
-    dropout_apply(out, inp, seed, p, scale, N);
+                                           const unsigned long long* __restrict__ seed, float p, float scale, int N) {
+    dropout_apply(out, inp, p > 0.0f ? seed[0] : 0ull, p, scale, N);
 }
 CUDAENC_REGISTER(dropout_forward)
 
 // dinp (N) = <- dout (N): the forward's mask and scale.
 extern "C" __global__ void dropout_backward(float* __restrict__ dinp, const float* __restrict__ dout,
-                                            unsigned long long seed, float p, float scale, int N) {
-    dropout_apply(dinp, dout, seed, p, scale, N);
+                                            const unsigned long long* __restrict__ seed, float p, float scale, int N) {
+    dropout_apply(dinp, dout, p > 0.0f ? seed[0] : 0ull, p, scale, N);
 }
 CUDAENC_REGISTER(dropout_backward)

@@ -17,25 +17,30 @@ CUDAENC_REGISTER(embedding_forward)
 
 // dwte (V,C) += <- dout (N,C), ids (N), pos (M): the M valid (unpadded) positions
 // stably sorted by id, starts (U): index into pos where each of the U distinct ids' run
-// begins (increasing). Grid U blocks, one per distinct id; threads stride over C. Each
-// column adds its run's rows to dwte in the order of `pos` (increasing position), exactly
-// as the reference does: dwte[id] = ((dwte[id] + d[p0]) + d[p1]) + ... Padded positions
-// are not in `pos` (their gradient is zero). No atomics: every row of dwte is owned by
-// one block, so reruns are bit-identical.
+// begins (increasing). U and M are read from device memory (um = {U, M}, written with
+// the batch), and the grid does not depend on them: a fixed grid whose blocks take the
+// distinct ids u = blockIdx.x, blockIdx.x + gridDim.x, ... (one id per block at a time),
+// so a captured CUDA graph of the step replays correctly for the next batch's ids.
+// Threads stride over C. Each column adds its run's rows to dwte in the order of `pos`
+// (increasing position), exactly as the reference does: dwte[id] = ((dwte[id] + d[p0]) +
+// d[p1]) + ... Padded positions are not in `pos` (their gradient is zero). No atomics:
+// every row of dwte is owned by one block, so reruns are bit-identical.
 extern "C" __global__ void embedding_backward(float* __restrict__ dwte, const float* __restrict__ dout,
                                               const unsigned int* __restrict__ ids,
                                               const unsigned int* __restrict__ pos,
-                                              const unsigned int* __restrict__ starts, int U, int M, int C) {
-    const int u = blockIdx.x;
-    if (u >= U) return;  // block-uniform
-    const int begin = (int)starts[u];
-    const int end = u + 1 < U ? (int)starts[u + 1] : M;
-    const unsigned int id = ids[pos[begin]];
-    float* row = dwte + (size_t)id * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float acc = row[c];
-        for (int k = begin; k < end; k++) acc += dout[(size_t)pos[k] * C + c];
-        row[c] = acc;
+                                              const unsigned int* __restrict__ starts,
+                                              const unsigned int* __restrict__ um, int C) {
+    const int U = (int)um[0], M = (int)um[1];
+    for (int u = blockIdx.x; u < U; u += gridDim.x) {  // block-uniform
+        const int begin = (int)starts[u];
+        const int end = u + 1 < U ? (int)starts[u + 1] : M;
+        const unsigned int id = ids[pos[begin]];
+        float* row = dwte + (size_t)id * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float acc = row[c];
+            for (int k = begin; k < end; k++) acc += dout[(size_t)pos[k] * C + c];
+            row[c] = acc;
+        }
     }
 }
 CUDAENC_REGISTER(embedding_backward)

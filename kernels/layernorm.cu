@@ -58,11 +58,13 @@ extern "C" __global__ void residual_layernorm_forward(float* __restrict__ res, f
                                                       float* __restrict__ mean, float* __restrict__ rstd,
                                                       const float* __restrict__ x, const float* __restrict__ branch,
                                                       const float* __restrict__ weight, const float* __restrict__ bias,
-                                                      unsigned long long seed, float p, float scale, int N, int C) {
+                                                      const unsigned long long* __restrict__ seed_at, float p,
+                                                      float scale, int N, int C) {
     __shared__ float scratch[32];
     CUDAENC_DYNAMIC_SHARED(float, row_res);
     const int row = blockIdx.x;
     if (row >= N) return;  // block-uniform
+    const unsigned long long seed = p > 0.0f ? seed_at[0] : 0ull;
     const size_t base = (size_t)row * C;
     float s = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
@@ -105,8 +107,8 @@ __device__ __forceinline__ void layernorm_backward_body(float* __restrict__ dinp
                                                         float* __restrict__ scratch, const float* __restrict__ dout,
                                                         const float* __restrict__ inp, const float* __restrict__ weight,
                                                         const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                        unsigned long long seed, float p, float scale,
-                                                        int N, int C, int chunks, int chunk_len) {
+                                                        const unsigned long long* __restrict__ seed_at, float p,
+                                                        float scale, int N, int C, int chunks, int chunk_len) {
     __shared__ float scratch_s[32];
     __shared__ float part_w[32][32], part_b[32][32];
     const int lane = threadIdx.x % 32, g = threadIdx.x / 32, G = blockDim.x / 32;
@@ -117,6 +119,7 @@ __device__ __forceinline__ void layernorm_backward_body(float* __restrict__ dinp
         const float* x = inp + (size_t)row * C;
         const float* d = dout + (size_t)row * C;
         const float m = mean[row], s = rstd[row];
+        const unsigned long long seed = dbranch && p > 0.0f ? seed_at[0] : 0ull;
         float a = 0.0f, b = 0.0f;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
             const float norm = (x[i] - m) * s;
@@ -178,7 +181,7 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
                                               const float* __restrict__ inp, const float* __restrict__ weight,
                                               const float* __restrict__ mean, const float* __restrict__ rstd,
                                               int N, int C, int chunks, int chunk_len) {
-    layernorm_backward_body(dinp, nullptr, dweight, dbias, scratch, dout, inp, weight, mean, rstd, 0ull, 0.0f, 1.0f,
+    layernorm_backward_body(dinp, nullptr, dweight, dbias, scratch, dout, inp, weight, mean, rstd, nullptr, 0.0f, 1.0f,
                             N, C, chunks, chunk_len);
 }
 CUDAENC_REGISTER(layernorm_backward)
@@ -186,7 +189,7 @@ CUDAENC_REGISTER(layernorm_backward)
 // The backward of residual_layernorm_forward's dropout fused into layernorm_backward:
 // layernorm_backward (dres (N,C) +=, dweight +=, dbias +=), and each row block then writes
 // dbranch (N,C) = dropout_backward(the new dres), element row*C + i with
-// dropout_backward's mask and scale (seed, p, scale). Grid, blocks, scratch and
+// dropout_backward's mask and scale (seed[0], p, scale). Grid, blocks, scratch and
 // layernorm_backward_reduce exactly as layernorm_backward. dres is read and written once
 // per element instead of written here and read again by dropout_backward.
 extern "C" __global__ void residual_layernorm_backward(float* __restrict__ dres, float* __restrict__ dbranch,
@@ -194,8 +197,8 @@ extern "C" __global__ void residual_layernorm_backward(float* __restrict__ dres,
                                                        float* __restrict__ scratch, const float* __restrict__ dout,
                                                        const float* __restrict__ inp, const float* __restrict__ weight,
                                                        const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                       unsigned long long seed, float p, float scale,
-                                                       int N, int C, int chunks, int chunk_len) {
+                                                       const unsigned long long* __restrict__ seed, float p,
+                                                       float scale, int N, int C, int chunks, int chunk_len) {
     layernorm_backward_body(dres, dbranch, dweight, dbias, scratch, dout, inp, weight, mean, rstd, seed, p, scale,
                             N, C, chunks, chunk_len);
 }

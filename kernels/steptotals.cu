@@ -9,10 +9,13 @@
 //   correctly (positive iff p(positive) > 0.5: probs[b] for K = 1, probs[b*2+1] for K = 2),
 //   [4] the first step whose mean loss or gradient norm is not finite (0: none so far),
 //   [5] that step's mean loss, [6] its norm.
+// The step number is read from device memory (step[0], written with the batch), so a
+// captured CUDA graph of the step replays with the next step's number.
 // One thread does it all (B is a batch: tens of reviews); launch one block of 32.
 extern "C" __global__ void step_totals_add(double* __restrict__ totals, const float* __restrict__ losses,
                                            const float* __restrict__ probs, const unsigned char* __restrict__ labels,
-                                           const float* __restrict__ norm, int B, int K, unsigned long long step) {
+                                           const float* __restrict__ norm, int B, int K,
+                                           const unsigned long long* __restrict__ step) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     float sum = 0.0f;
     int correct = 0;
@@ -27,7 +30,7 @@ extern "C" __global__ void step_totals_add(double* __restrict__ totals, const fl
     totals[2] += (double)mean * (double)B;
     totals[3] += (double)correct;
     if (totals[4] == 0.0 && !(isfinite(mean) && isfinite(norm[0]))) {
-        totals[4] = (double)step;
+        totals[4] = (double)step[0];
         totals[5] = (double)mean;
         totals[6] = (double)norm[0];
     }

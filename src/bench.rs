@@ -218,10 +218,12 @@ fn residual_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     elementwise(gpu, s.n() * s.c, 1, 0, 2, |g, b| ops::residual::residual_backward(g, &b[0], &b[1], &b[2]))
 }
 fn dropout_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
-    elementwise(gpu, s.n() * s.c, 1, 1, 0, |g, b| ops::dropout::dropout_forward(g, &b[0], &b[1], 42, 0.1))
+    let seed = gpu.upload(&[42u64])?;
+    elementwise(gpu, s.n() * s.c, 1, 1, 0, move |g, b| ops::dropout::dropout_forward(g, &b[0], &b[1], &seed, 0.1))
 }
 fn dropout_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
-    elementwise(gpu, s.n() * s.c, 1, 1, 0, |g, b| ops::dropout::dropout_backward(g, &b[0], &b[1], 42, 0.1))
+    let seed = gpu.upload(&[42u64])?;
+    elementwise(gpu, s.n() * s.c, 1, 1, 0, move |g, b| ops::dropout::dropout_backward(g, &b[0], &b[1], &seed, 0.1))
 }
 
 fn layernorm_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
@@ -267,7 +269,7 @@ fn residual_layernorm(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Case> {
     let (w, b) = (rand_buf(gpu, c, 3)?, rand_buf(gpu, c, 4)?);
     let (res, ln, mean, rstd) = (gpu.zeros(n * c)?, gpu.zeros(n * c)?, gpu.zeros(n)?, gpu.zeros(n)?);
     let branch_drop = gpu.zeros(if fused { 0 } else { n * c })?;
-    let (seed, p) = (42, 0.1);
+    let (seed, p) = (gpu.upload(&[42u64])?, 0.1);
     Ok(Case {
         shape: format!("N={n} C={c}{}", if fused { "" } else { " 3 launches" }),
         bytes: F * (4 * n * c + 2 * c + 2 * n) as f64,
@@ -275,9 +277,9 @@ fn residual_layernorm(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Case> {
         flops: 0.0,
         run: Box::new(move |g| {
             if fused {
-                return ops::layernorm::residual_layernorm_forward(g, &res, &ln, &mean, &rstd, &x, &branch, &w, &b, seed, p, n, c);
+                return ops::layernorm::residual_layernorm_forward(g, &res, &ln, &mean, &rstd, &x, &branch, &w, &b, &seed, p, n, c);
             }
-            ops::dropout::dropout_forward(g, &branch_drop, &branch, seed, p)?;
+            ops::dropout::dropout_forward(g, &branch_drop, &branch, &seed, p)?;
             ops::residual::residual_forward(g, &res, &x, &branch_drop)?;
             ops::layernorm::layernorm_forward(g, &ln, &mean, &rstd, &res, &w, &b, n, c)
         }),
@@ -296,7 +298,7 @@ fn residual_layernorm_backward(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Cas
     let (dres, dbranch, dw, db) = (gpu.zeros(n * c)?, gpu.zeros(n * c)?, gpu.zeros(c)?, gpu.zeros(c)?);
     let scratch = gpu.zeros(ops::layernorm::layernorm_backward_scratch_len(n, c))?;
     let (chunks, _) = ops::layernorm::layernorm_backward_chunks(n, c);
-    let (seed, p) = (42, 0.1);
+    let (seed, p) = (gpu.upload(&[42u64])?, 0.1);
     Ok(Case {
         shape: format!("N={n} C={c} S={chunks}{}", if fused { "" } else { " 2 launches" }),
         bytes: F * (5 * n * c) as f64,
@@ -305,10 +307,10 @@ fn residual_layernorm_backward(gpu: &Gpu, s: &Shapes, fused: bool) -> Result<Cas
         run: Box::new(move |g| {
             use ops::layernorm::{layernorm_backward, residual_layernorm_backward};
             if fused {
-                return residual_layernorm_backward(g, &dres, &dbranch, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, seed, p, n, c);
+                return residual_layernorm_backward(g, &dres, &dbranch, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, &seed, p, n, c);
             }
             layernorm_backward(g, &dres, &dw, &db, &scratch, &dout, &inp, &w, &mean, &rstd, n, c)?;
-            ops::dropout::dropout_backward(g, &dbranch, &dres, seed, p)
+            ops::dropout::dropout_backward(g, &dbranch, &dres, &seed, p)
         }),
     })
 }
@@ -489,7 +491,7 @@ fn embedding_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
 fn embedding_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let (n, c, v) = (s.n(), s.c, s.v);
     let host_ids = zipf_ids(n, v, 7);
-    let (pos, starts) = ops::embedding::upload_embedding_order(gpu, &host_ids, &vec![s.t as u32; s.b], s.t)?;
+    let (pos, starts, um) = ops::embedding::upload_embedding_order(gpu, &host_ids, &vec![s.t as u32; s.b], s.t)?;
     let u = starts.len();
     let (ids, dout, dwte) = (gpu.upload(&host_ids)?, rand_buf(gpu, n * c, 1)?, gpu.zeros::<f32>(v * c)?);
     Ok(Case {
@@ -498,7 +500,7 @@ fn embedding_backward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
         bytes: F * (n * c + 2 * u * c + 2 * n + u) as f64,
         flops: 0.0,
         na: false,
-        run: Box::new(move |g| ops::embedding::embedding_backward(g, &dwte, &dout, &ids, &pos, &starts, n, c)),
+        run: Box::new(move |g| ops::embedding::embedding_backward(g, &dwte, &dout, &ids, &pos, &starts, &um, n, c)),
     })
 }
 
@@ -531,13 +533,14 @@ fn adamw_update_tensors(gpu: &Gpu, s: &Shapes) -> Result<Case> {
     let n = layout.total;
     let (ends, decay) = ops::adamw::adamw_table(layout.tensors.iter().map(|t| (t.size, t.decay)));
     let (ends, decay, norm) = (gpu.upload(&ends)?, gpu.upload(&decay)?, gpu.upload(&[0.5f32])?);
+    let sched = gpu.upload(&ops::adamw::adamw_schedule(1e-4, 0.9, 0.999, 1)?)?;
     Ok(Case {
         shape: format!("N={n}, {} tensors", layout.tensors.len()),
         bytes: F * (7 * n) as f64,
         flops: 0.0,
         na: false,
         run: Box::new(move |gpu| {
-            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, &norm, 1.0, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1)
+            ops::adamw::adamw_update_tensors(gpu, &p, &m, &v, &g, &ends, &decay, &norm, 1.0, &sched, 0.9, 0.999, 1e-8, 0.1)
         }),
     })
 }

@@ -11,7 +11,7 @@ mod common;
 
 use common::{devices, max_rel_err, to_f32, to_f64};
 use cudaenc::device::Gpu;
-use cudaenc::ops::adamw::{adamw_table, adamw_update, adamw_update_tensors};
+use cudaenc::ops::adamw::{adamw_schedule, adamw_table, adamw_update, adamw_update_tensors};
 use cudaenc::reference::adamw as reference;
 use cudaenc::reference::gradnorm::clip_scale;
 use cudaenc::rng::SplitMix64;
@@ -109,16 +109,20 @@ fn adamw_update_tensors_is_bit_identical_to_per_tensor_launches() {
             let (d_ends, d_decay) = (gpu.upload(&ends)?, gpu.upload(&decay)?);
             // one: the fused launch; each: adamw_update per tensor
             let (one, each) = ([gpu.upload(&p0)?, gpu.zeros(n)?, gpu.zeros(n)?], [gpu.upload(&p0)?, gpu.zeros(n)?, gpu.zeros(n)?]);
-            let (d_g, d_norm) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(1)?);
+            let (d_g, d_norm, d_sched) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(1)?, gpu.zeros::<f32>(3)?);
             let mut rng = SplitMix64::new(12);
             for (t, &(norm, max_norm)) in (1u64..).zip(&clips) {
                 let g = to_f32(&rng.normal_vec(n, 1.0));
                 gpu.write(&d_g, &g)?;
                 gpu.write(&d_norm, &[norm])?;
+                // the step's lr and bias corrections, read from the same device memory every
+                // step (as a replayed CUDA graph reads them); lr changes from step to step
+                let lr = lr * (1.0 + 0.5 * t as f32);
+                gpu.write(&d_sched, &adamw_schedule(lr, b1, b2, t)?)?;
                 let gs = clip_scale(norm, max_norm);
                 let (mut p, mut m, mut v) = (to_f64(&gpu.download(&one[0])?), to_f64(&gpu.download(&one[1])?), to_f64(&gpu.download(&one[2])?));
                 reference::adamw_update_tensors(&mut p, &mut m, &mut v, &to_f64(&g), &ends, &decay, norm, max_norm, lr, b1, b2, eps, wd, t);
-                adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, max_norm, lr, b1, b2, eps, wd, t)?;
+                adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, max_norm, &d_sched, b1, b2, eps, wd)?;
                 let mut start = 0;
                 for &(size, d) in TENSORS {
                     let [p, m, v] = [0, 1, 2].map(|k| each[k].view(start, size));
@@ -138,7 +142,8 @@ fn adamw_update_tensors_is_bit_identical_to_per_tensor_launches() {
             // a non-finite norm: nothing changes
             let before = [gpu.download(&one[0])?, gpu.download(&one[1])?, gpu.download(&one[2])?];
             gpu.write(&d_norm, &[f32::NAN])?;
-            adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, 1.0, lr, b1, b2, eps, wd, 9)?;
+            gpu.write(&d_sched, &adamw_schedule(lr, b1, b2, 9)?)?;
+            adamw_update_tensors(&gpu, &one[0], &one[1], &one[2], &d_g, &d_ends, &d_decay, &d_norm, 1.0, &d_sched, b1, b2, eps, wd)?;
             for (k, b) in before.iter().enumerate() {
                 anyhow::ensure!(gpu.download(&one[k])? == *b, "a NaN norm changed buffer {k}");
             }
@@ -159,11 +164,13 @@ fn adamw_update_tensors_rejects_bad_tables() {
     let none = gpu.zeros::<u32>(0).unwrap();
     let many = gpu.zeros::<u32>(65).unwrap();
     let norm = gpu.zeros::<f32>(1).unwrap();
-    let h = (1.0, 1e-3, 0.9, 0.999, 1e-8, 0.0); // max_norm, lr, betas, eps, weight decay
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &two, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "lengths differ");
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &none, &none, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "empty table");
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &many, &many, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "65 tensors");
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 0).is_err(), "step 0");
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &a, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_err(), "norm of 4");
-    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, h.1, h.2, h.3, h.4, h.5, 1).is_ok(), "valid");
+    let sched = gpu.upload(&adamw_schedule(1e-3, 0.9, 0.999, 1).unwrap()).unwrap();
+    let h = (1.0, &sched, 0.9, 0.999, 1e-8, 0.0); // max_norm, [lr, bc1, bc2], betas, eps, weight decay
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &two, &norm, h.0, h.1, h.2, h.3, h.4, h.5).is_err(), "lengths differ");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &none, &none, &norm, h.0, h.1, h.2, h.3, h.4, h.5).is_err(), "empty table");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &many, &many, &norm, h.0, h.1, h.2, h.3, h.4, h.5).is_err(), "65 tensors");
+    assert!(adamw_schedule(1e-3, 0.9, 0.999, 0).is_err(), "step 0");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, &a, h.2, h.3, h.4, h.5).is_err(), "sched of 4");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &a, h.0, h.1, h.2, h.3, h.4, h.5).is_err(), "norm of 4");
+    assert!(adamw_update_tensors(&gpu, &a, &a, &a, &a, &ends, &ends, &norm, h.0, h.1, h.2, h.3, h.4, h.5).is_ok(), "valid");
 }

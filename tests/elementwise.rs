@@ -73,8 +73,9 @@ fn dropout_case(gpu: &Gpu, n: usize, p: f32, failures: &mut Vec<String>) -> anyh
     reference::dropout::dropout_backward(&mut dinp_r, &to_f64(dout), seed, p);
     let (d_inp, d_dout) = (gpu.upload(inp)?, gpu.upload(dout)?);
     let (d_out, d_dinp) = (gpu.upload(&vec![f32::NAN; n])?, gpu.upload(&vec![f32::NAN; n])?);
-    dropout::dropout_forward(gpu, &d_out, &d_inp, seed, p)?;
-    dropout::dropout_backward(gpu, &d_dinp, &d_dout, seed, p)?;
+    let d_seed = gpu.upload(&[seed])?; // the kernels read the seed from device memory
+    dropout::dropout_forward(gpu, &d_out, &d_inp, &d_seed, p)?;
+    dropout::dropout_backward(gpu, &d_dinp, &d_dout, &d_seed, p)?;
     let (out, dinp) = (gpu.download(&d_out)?, gpu.download(&d_dinp)?);
     let dev = gpu.name();
     // masks: exactly the reference's, forward and backward
@@ -114,6 +115,9 @@ fn elementwise_wrong_lengths_are_errors() {
     let (a, b) = (gpu.zeros::<f32>(3).unwrap(), gpu.zeros::<f32>(4).unwrap());
     assert!(gelu::gelu_forward(&gpu, &a, &b).is_err());
     assert!(residual::residual_forward(&gpu, &a, &a, &b).is_err());
-    assert!(dropout::dropout_forward(&gpu, &a, &b, 1, 0.1).is_err());
-    assert!(dropout::dropout_forward(&gpu, &a, &a, 1, 1.0).is_err(), "p = 1 must be refused");
+    let (seed, two) = (gpu.upload(&[1u64]).unwrap(), gpu.upload(&[1u64, 2]).unwrap());
+    assert!(dropout::dropout_forward(&gpu, &a, &b, &seed, 0.1).is_err());
+    assert!(dropout::dropout_forward(&gpu, &a, &a, &seed, 1.0).is_err(), "p = 1 must be refused");
+    assert!(dropout::dropout_forward(&gpu, &a, &a, &two, 0.1).is_err(), "the seed is one u64");
+    assert!(dropout::dropout_forward(&gpu, &a, &a, &seed, 0.1).is_ok());
 }

@@ -69,8 +69,8 @@ fn run_shape(gpu: &Gpu, n: usize, c: usize, v: usize) -> anyhow::Result<f64> {
     reference::embedding_backward(&mut dwte_r32, &dout, &ids, n, c);
     let d_dout = gpu.upload(&dout)?;
     let d_dwte = gpu.upload(&dwte0)?;
-    let (d_pos, d_starts) = upload_embedding_order(gpu, &ids, &[n as u32], n)?;
-    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c)?;
+    let (d_pos, d_starts, d_um) = upload_embedding_order(gpu, &ids, &[n as u32], n)?;
+    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, &d_um, n, c)?;
     let dwte = gpu.download(&d_dwte)?;
     let (e, i) = max_rel_err(&dwte, &dwte_r64);
     let bad32 = dwte.iter().zip(&dwte_r32).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -82,7 +82,7 @@ fn run_shape(gpu: &Gpu, n: usize, c: usize, v: usize) -> anyhow::Result<f64> {
 
     // determinism: rerun from the same start is bit-identical
     gpu.write(&d_dwte, &dwte0)?;
-    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c)?;
+    embedding_backward(gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, &d_um, n, c)?;
     let again = gpu.download(&d_dwte)?;
     anyhow::ensure!(again.iter().zip(&dwte).all(|(a, b)| a.to_bits() == b.to_bits()), "{dev}: dwte differs on rerun");
     Ok(e)
@@ -116,11 +116,11 @@ fn embedding_backward_long_runs_are_deterministic() {
         let dout = pattern(n * c, 9);
         let d_ids = gpu.upload(&ids).unwrap();
         let d_dout = gpu.upload(&dout).unwrap();
-        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids, &[n as u32], n).unwrap();
+        let (d_pos, d_starts, d_um) = upload_embedding_order(&gpu, &ids, &[n as u32], n).unwrap();
         let mut runs = Vec::new();
         for _ in 0..3 {
             let d_dwte = gpu.zeros::<f32>(v * c).unwrap();
-            embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, n, c).unwrap();
+            embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, &d_um, n, c).unwrap();
             runs.push(gpu.download(&d_dwte).unwrap());
         }
         let mut want = vec![0.0f64; v * c];
@@ -144,8 +144,11 @@ fn embedding_wrong_shapes_are_errors() {
     let wte = gpu.zeros::<f32>(2 * 4).unwrap();
     let out = gpu.zeros::<f32>(2 * 3).unwrap();
     assert!(embedding_forward(&gpu, &out, &ids, &wte, 2, 4).is_err());
-    let (pos, starts) = upload_embedding_order(&gpu, &[0, 1], &[2], 2).unwrap();
-    assert!(embedding_backward(&gpu, &wte, &out, &ids, &pos, &starts, 2, 4).is_err());
+    let (pos, starts, um) = upload_embedding_order(&gpu, &[0, 1], &[2], 2).unwrap();
+    assert!(embedding_backward(&gpu, &wte, &out, &ids, &pos, &starts, &um, 2, 4).is_err());
+    let dout = gpu.zeros::<f32>(2 * 4).unwrap();
+    assert!(embedding_backward(&gpu, &wte, &dout, &ids, &pos, &starts, &gpu.zeros::<u32>(3).unwrap(), 2, 4).is_err(), "um must be [U, M]");
+    assert!(embedding_backward(&gpu, &wte, &dout, &ids, &pos, &starts, &um, 2, 4).is_ok());
 }
 
 /// Padded positions (id 0, beyond each review's length) are left out of the backward:
@@ -173,13 +176,58 @@ fn embedding_backward_skips_padded_positions() {
         let mut want = to_f64(&dwte0);
         reference::embedding_backward(&mut want, &masked, &ids, b * t, c);
         let (d_ids, d_dout, d_dwte) = (gpu.upload(&ids).unwrap(), gpu.upload(&dout).unwrap(), gpu.upload(&dwte0).unwrap());
-        let (d_pos, d_starts) = upload_embedding_order(&gpu, &ids, &lens, t).unwrap();
+        let (d_pos, d_starts, d_um) = upload_embedding_order(&gpu, &ids, &lens, t).unwrap();
         assert_eq!((d_pos.len(), d_starts.len()), (10, 3), "10 valid tokens over 3 distinct ids");
-        embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, b * t, c).unwrap();
+        embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, &d_um, b * t, c).unwrap();
         let got = gpu.download(&d_dwte).unwrap();
         assert_eq!(got[..c], dwte0[..c], "{}: the padding row was touched", gpu.name());
         let (e, i) = max_rel_err(&got, &want);
         println!("  {:<22} B={b} T={t} lens {lens:?}: dwte max rel err {e:.2e} at {i} (tol {TOL:.0e}); padding row untouched", gpu.name());
         assert!(e <= TOL, "{}: {e:.2e}", gpu.name());
+    }
+}
+
+/// As the model launches it: pos and starts padded to B*T (capacity-sized parts) and
+/// [U, M] read from device memory, the same buffers (same addresses, same launch
+/// arguments) for three batches of one shape with different U and M, one of them with
+/// more distinct ids than the grid has blocks (the blocks loop). Each result equals the
+/// f32 reference over that batch's valid tokens, bit for bit.
+#[test]
+fn embedding_backward_fixed_grid_serves_every_batch_of_a_shape() {
+    use cudaenc::ops::embedding::{embedding_order_parts, EMBEDDING_BACKWARD_MAX_BLOCKS};
+    for gpu in devices("embedding fixed grid") {
+        let (b, t, c, v) = (4, 1500, 3, 20_000);
+        let n = b * t;
+        let (d_ids, d_dout) = (gpu.zeros::<u32>(n).unwrap(), gpu.zeros::<f32>(n * c).unwrap());
+        let (d_pos, d_starts, d_um) = (gpu.zeros::<u32>(n).unwrap(), gpu.zeros::<u32>(n).unwrap(), gpu.zeros::<u32>(2).unwrap());
+        let mut rng = SplitMix64::new(77);
+        for (k, lens) in [[1500u32, 1500, 1500, 1500], [3, 0, 1499, 7], [0, 0, 0, 0]].iter().enumerate() {
+            let ids: Vec<u32> = (0..n).map(|p| if p % t < lens[p / t] as usize { rng.below(v as u64) as u32 } else { 0 }).collect();
+            let dout = pattern(n * c, 20 + k as u64);
+            let (pos, starts, um) = embedding_order_parts(&ids, lens, t, Some(n)).unwrap();
+            assert_eq!((pos.len(), starts.len()), (n, n), "padded to capacity");
+            if k == 0 {
+                assert!(um[0] as usize > EMBEDDING_BACKWARD_MAX_BLOCKS, "U = {} must exceed the grid", um[0]);
+            }
+            for (d, h) in [(&d_ids, &ids), (&d_pos, &pos), (&d_starts, &starts)] {
+                gpu.write(d, h).unwrap();
+            }
+            gpu.write(&d_um, &um).unwrap();
+            gpu.write(&d_dout, &dout).unwrap();
+            let d_dwte = gpu.zeros::<f32>(v * c).unwrap();
+            embedding_backward(&gpu, &d_dwte, &d_dout, &d_ids, &d_pos, &d_starts, &d_um, n, c).unwrap();
+            let mut masked = dout.clone();
+            for p in 0..n {
+                if p % t >= lens[p / t] as usize {
+                    masked[p * c..(p + 1) * c].iter_mut().for_each(|x| *x = 0.0);
+                }
+            }
+            let mut want = vec![0.0f32; v * c];
+            reference::embedding_backward(&mut want, &masked, &ids, n, c);
+            let got = gpu.download(&d_dwte).unwrap();
+            let bad = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            println!("  {:<22} batch {k}: U={} M={}: {bad} of {} elements differ from the f32 reference", gpu.name(), um[0], um[1], v * c);
+            assert_eq!(bad, 0, "{} batch {k}: dwte differs from the f32 reference", gpu.name());
+        }
     }
 }

@@ -65,10 +65,11 @@ fn run_case(gpu: &Gpu, n: usize, c: usize, p: f32) -> anyhow::Result<f64> {
     );
 
     let (d_x, d_branch, d_w, d_b) = (gpu.upload(&x)?, gpu.upload(&branch)?, gpu.upload(&weight)?, gpu.upload(&bias)?);
+    let d_seed = gpu.upload(&[seed])?; // the kernels read the seed from device memory
     // NaN-filled outputs: every element must be written
     let nan = |len: usize| gpu.upload(&vec![f32::NAN; len]);
     let (d_res, d_ln, d_mean, d_rstd) = (nan(n * c)?, nan(n * c)?, nan(n)?, nan(n)?);
-    residual_layernorm_forward(gpu, &d_res, &d_ln, &d_mean, &d_rstd, &d_x, &d_branch, &d_w, &d_b, seed, p, n, c)?;
+    residual_layernorm_forward(gpu, &d_res, &d_ln, &d_mean, &d_rstd, &d_x, &d_branch, &d_w, &d_b, &d_seed, p, n, c)?;
     let got = [gpu.download(&d_res)?, gpu.download(&d_ln)?, gpu.download(&d_mean)?, gpu.download(&d_rstd)?];
     let dev = gpu.name();
     let mut worst = 0.0f64;
@@ -88,7 +89,7 @@ fn run_case(gpu: &Gpu, n: usize, c: usize, p: f32) -> anyhow::Result<f64> {
 
     // the three unfused launches give the same bits
     let (branch_drop, res_u, ln_u, mean_u, rstd_u) = (nan(n * c)?, nan(n * c)?, nan(n * c)?, nan(n)?, nan(n)?);
-    dropout_forward(gpu, &branch_drop, &d_branch, seed, p)?;
+    dropout_forward(gpu, &branch_drop, &d_branch, &d_seed, p)?;
     residual_forward(gpu, &res_u, &d_x, &branch_drop)?;
     layernorm_forward(gpu, &ln_u, &mean_u, &rstd_u, &res_u, &d_w, &d_b, n, c)?;
     let unfused = [gpu.download(&res_u)?, gpu.download(&ln_u)?, gpu.download(&mean_u)?, gpu.download(&rstd_u)?];
@@ -98,7 +99,7 @@ fn run_case(gpu: &Gpu, n: usize, c: usize, p: f32) -> anyhow::Result<f64> {
 
     // determinism: a rerun into fresh NaN buffers is bit-identical
     let (r2, l2, m2, s2) = (nan(n * c)?, nan(n * c)?, nan(n)?, nan(n)?);
-    residual_layernorm_forward(gpu, &r2, &l2, &m2, &s2, &d_x, &d_branch, &d_w, &d_b, seed, p, n, c)?;
+    residual_layernorm_forward(gpu, &r2, &l2, &m2, &s2, &d_x, &d_branch, &d_w, &d_b, &d_seed, p, n, c)?;
     let again = [gpu.download(&r2)?, gpu.download(&l2)?, gpu.download(&m2)?, gpu.download(&s2)?];
     anyhow::ensure!(got.iter().zip(&again).all(|(a, b)| same_bits(a, b)), "{dev}: rerun differs");
     Ok(worst)
@@ -150,16 +151,17 @@ fn run_backward_case(gpu: &Gpu, n: usize, c: usize, p: f32) -> anyhow::Result<f6
     );
 
     let (d_res, d_w, d_dout, d_mean, d_rstd) = (gpu.upload(&res)?, gpu.upload(&weight)?, gpu.upload(&dout)?, gpu.upload(&mean)?, gpu.upload(&rstd)?);
+    let d_seed = gpu.upload(&[seed])?; // the kernels read the seed from device memory
     let scratch_len = layernorm_backward_scratch_len(n, c);
     // NaN-filled scratch of exactly the helper's length and NaN dbranch: all must be written first
     let nan = |len: usize| gpu.upload(&vec![f32::NAN; len]);
     let run = |fused: bool| -> anyhow::Result<[Vec<f32>; 4]> {
         let (d_dres, d_dw, d_db, d_dbranch, d_scratch) = (gpu.upload(&dres0)?, gpu.upload(&dw0)?, gpu.upload(&db0)?, nan(n * c)?, nan(scratch_len)?);
         if fused {
-            residual_layernorm_backward(gpu, &d_dres, &d_dbranch, &d_dw, &d_db, &d_scratch, &d_dout, &d_res, &d_w, &d_mean, &d_rstd, seed, p, n, c)?;
+            residual_layernorm_backward(gpu, &d_dres, &d_dbranch, &d_dw, &d_db, &d_scratch, &d_dout, &d_res, &d_w, &d_mean, &d_rstd, &d_seed, p, n, c)?;
         } else {
             layernorm_backward(gpu, &d_dres, &d_dw, &d_db, &d_scratch, &d_dout, &d_res, &d_w, &d_mean, &d_rstd, n, c)?;
-            dropout_backward(gpu, &d_dbranch, &d_dres, seed, p)?;
+            dropout_backward(gpu, &d_dbranch, &d_dres, &d_seed, p)?;
         }
         Ok([gpu.download(&d_dres)?, gpu.download(&d_dbranch)?, gpu.download(&d_dw)?, gpu.download(&d_db)?])
     };
@@ -204,13 +206,15 @@ fn residual_layernorm_bad_arguments_are_errors() {
     let z = |len: usize| gpu.zeros::<f32>(len).unwrap();
     let (n, c) = (3, 5);
     let (nc, r) = (z(n * c), z(n));
-    let call = |res: &_, x: &_, c: usize, p: f32| residual_layernorm_forward(&gpu, res, &nc, &r, &r, x, &nc, &z(c), &z(c), 1, p, n, c);
+    let (seed, seeds2) = (gpu.upload(&[1u64]).unwrap(), gpu.upload(&[1u64, 2]).unwrap());
+    let call = |res: &_, x: &_, c: usize, p: f32| residual_layernorm_forward(&gpu, res, &nc, &r, &r, x, &nc, &z(c), &z(c), &seed, p, n, c);
     let short = z(n * c - 1);
     for (why, e) in [
         ("short res", call(&short, &nc, c, 0.1)),
         ("short x", call(&nc, &short, c, 0.1)),
         ("p = 1", call(&nc, &nc, c, 1.0)),
         ("p NaN", call(&nc, &nc, c, f32::NAN)),
+        ("two seeds", residual_layernorm_forward(&gpu, &nc, &nc, &r, &r, &nc, &nc, &z(c), &z(c), &seeds2, 0.1, n, c)),
     ] {
         let msg = format!("{:#}", e.expect_err(why));
         assert!(msg.contains("residual_layernorm_forward"), "{why}: {msg}");
@@ -219,17 +223,18 @@ fn residual_layernorm_bad_arguments_are_errors() {
     let s = z(layernorm_backward_scratch_len(n, c));
     let (w, wc) = (z(c), z(c));
     for (why, e) in [
-        ("short dbranch", residual_layernorm_backward(&gpu, &nc, &short, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 0.1, n, c)),
-        ("short dres", residual_layernorm_backward(&gpu, &short, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 0.1, n, c)),
-        ("p = 1", residual_layernorm_backward(&gpu, &nc, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, 1, 1.0, n, c)),
+        ("short dbranch", residual_layernorm_backward(&gpu, &nc, &short, &w, &wc, &s, &nc, &nc, &w, &r, &r, &seed, 0.1, n, c)),
+        ("short dres", residual_layernorm_backward(&gpu, &short, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, &seed, 0.1, n, c)),
+        ("p = 1", residual_layernorm_backward(&gpu, &nc, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, &seed, 1.0, n, c)),
+        ("two seeds", residual_layernorm_backward(&gpu, &nc, &nc, &w, &wc, &s, &nc, &nc, &w, &r, &r, &seeds2, 0.1, n, c)),
     ] {
         let msg = format!("{:#}", e.expect_err(why));
         assert!(msg.contains("residual_layernorm_backward"), "{why}: {msg}");
     }
     let wide = RESIDUAL_LAYERNORM_MAX_C + 1;
     let (big, row) = (z(wide), z(1));
-    let e = residual_layernorm_forward(&gpu, &big, &big, &row, &row, &big, &big, &big, &big, 1, 0.1, 1, wide).expect_err("C too wide");
+    let e = residual_layernorm_forward(&gpu, &big, &big, &row, &row, &big, &big, &big, &big, &seed, 0.1, 1, wide).expect_err("C too wide");
     assert!(format!("{e:#}").contains("C = "), "{e:#}");
     let empty = z(0);
-    residual_layernorm_forward(&gpu, &empty, &empty, &empty, &empty, &empty, &empty, &z(c), &z(c), 1, 0.1, 0, c).expect("N = 0 is a no-op");
+    residual_layernorm_forward(&gpu, &empty, &empty, &empty, &empty, &empty, &empty, &z(c), &z(c), &seed, 0.1, 0, c).expect("N = 0 is a no-op");
 }

@@ -31,7 +31,8 @@ fn step_totals_match_reference_exactly() {
                         norm = f32::INFINITY; // a later one: not recorded
                     }
                     let (d_l, d_p, d_y, d_n) = (gpu.upload(&losses)?, gpu.upload(&probs)?, gpu.upload(&labels)?, gpu.upload(&[norm])?);
-                    step_totals_add(&gpu, &d_totals, &d_l, &d_p, &d_y, &d_n, b, k, step)?;
+                    let d_step = gpu.upload(&[step])?; // read from device memory
+                    step_totals_add(&gpu, &d_totals, &d_l, &d_p, &d_y, &d_n, b, k, &d_step)?;
                     reference::step_totals_add(&mut want, &losses, &probs, &labels, norm, b, k, step);
                 }
                 let got = gpu.download(&d_totals)?;
@@ -56,11 +57,13 @@ fn step_totals_rejects_bad_shapes() {
     let gpu = common::emu();
     let (t, f, y) = (gpu.zeros::<f64>(STEP_TOTALS_SLOTS).unwrap(), gpu.zeros::<f32>(4).unwrap(), gpu.zeros::<u8>(4).unwrap());
     let n = gpu.zeros::<f32>(1).unwrap();
-    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 4, 3, 1).is_err(), "K = 3");
-    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 3, 1, 1).is_err(), "B = 3 with 4 losses");
-    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &f, 4, 1, 1).is_err(), "norm of 4");
-    assert!(step_totals_add(&gpu, &gpu.zeros::<f64>(3).unwrap(), &f, &f, &y, &n, 4, 1, 1).is_err(), "3 slots");
-    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 4, 1, 1).is_ok(), "valid");
+    let one = gpu.upload(&[1u64]).unwrap();
+    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 4, 3, &one).is_err(), "K = 3");
+    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 3, 1, &one).is_err(), "B = 3 with 4 losses");
+    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &f, 4, 1, &one).is_err(), "norm of 4");
+    assert!(step_totals_add(&gpu, &gpu.zeros::<f64>(3).unwrap(), &f, &f, &y, &n, 4, 1, &one).is_err(), "3 slots");
+    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 4, 1, &gpu.zeros::<u64>(2).unwrap()).is_err(), "step of 2");
+    assert!(step_totals_add(&gpu, &t, &f, &f, &y, &n, 4, 1, &one).is_ok(), "valid");
 }
 
 /// B reviews of the given lengths (vocabulary 37), padded to the longest; labels alternate.

@@ -16,10 +16,10 @@ use crate::config::{Loss, ModelConfig, OptimConfig};
 use crate::device::{Buf, Gpu, Staging, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
-use crate::ops::adamw::{adamw_table, adamw_update_tensors};
+use crate::ops::adamw::{adamw_schedule, adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::dropout::dropout_forward;
-use crate::ops::embedding::{embedding_backward, embedding_forward};
+use crate::ops::embedding::{embedding_backward, embedding_forward, embedding_order_parts};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
 use crate::ops::layernorm::{layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_backward, residual_layernorm_forward};
@@ -27,7 +27,6 @@ use crate::ops::loss::{mean_loss, sigmoid_bce_backward, sigmoid_bce_forward_laun
 use crate::ops::matmul::{matmul_backward_prec, matmul_backward_scratch_len, matmul_forward_prec};
 use crate::ops::steptotals::step_totals_add;
 use crate::ops::meanpool::{meanpool_backward, meanpool_forward};
-use crate::reference::embedding::embedding_backward_order;
 use crate::reference::model::DropoutSeeds;
 use crate::train::engine::{Engine, StepStats, StepTotals, STEP_TOTALS_SLOTS};
 
@@ -129,13 +128,40 @@ impl Acts {
     }
 }
 
-/// The batch on the device: the parts of one staged upload, in upload order.
+/// The batch on the device: the parts of one staged upload, in upload order. Every part's
+/// size depends only on (B, T) and the model, so the same shape always packs at the same
+/// offsets of the same device buffer: a step's launches have the same argument bits for
+/// every batch of one shape, which is what lets a captured CUDA graph replay them.
 struct BatchInput<'a> {
     ids: View<'a, u32>,        // (B,T)
     lens: View<'a, u32>,       // (B)
     labels: View<'a, u8>,      // (B)
-    emb_pos: View<'a, u32>,    // (valid tokens) positions sorted by id (embedding backward order)
-    emb_starts: View<'a, u32>, // (distinct ids) start of each distinct id's run in emb_pos
+    emb_pos: View<'a, u32>,    // (B*T) valid positions sorted by id (embedding backward order), zero-padded
+    emb_starts: View<'a, u32>, // (B*T) start of each distinct id's run in emb_pos, zero-padded
+    emb_um: View<'a, u32>,     // (2) U distinct ids, M valid positions
+    seeds: View<'a, u64>,      // (1+2L) the step's dropout seeds (`DropoutSeeds` order; 0 when not training)
+    sched: View<'a, f32>,      // (3) AdamW [lr, bc1, bc2] of the step (`adamw_schedule`; 0 when not training)
+    step: View<'a, u64>,       // (1) the 1-based step number (0 when not training)
+}
+
+/// What one step reads from device memory rather than from kernel arguments, uploaded
+/// with its batch: the values that change from step to step at one shape. A captured
+/// CUDA graph of the step (`GpuEngine`'s graph path) replays with the new values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepScalars {
+    /// Dropout seeds, one per site (`DropoutSeeds`); None: no dropout (evaluation).
+    pub seeds: Option<DropoutSeeds>,
+    /// AdamW's [lr, bc1, bc2] (`ops::adamw::adamw_schedule`); zeros outside training.
+    pub sched: [f32; 3],
+    /// The 1-based optimizer step (0 outside training).
+    pub step: u64,
+}
+
+impl StepScalars {
+    /// A training step: its dropout seeds, learning rate and bias corrections.
+    pub fn train(run_seed: u64, step: u64, n_layer: usize, lr: f32, o: &OptimConfig) -> Result<StepScalars> {
+        Ok(StepScalars { seeds: Some(DropoutSeeds::for_step(run_seed, step, n_layer)), sched: adamw_schedule(lr, o.beta1, o.beta2, step)?, step })
+    }
 }
 
 /// The first `len` elements of a buffer (the current batch's part).
@@ -166,8 +192,9 @@ pub struct GpuModel {
     /// The current batch on the device: one buffer, filled by one staged copy per batch
     /// (parts in the order of [`BatchInput`]).
     input: Staging,
-    /// Seeds of the last forward's dropout, if any (the backward applies the same masks).
-    seeds: Option<DropoutSeeds>,
+    /// Whether the last batch was loaded with dropout (training): the backward applies the
+    /// same masks (the seeds are in the upload).
+    dropout_on: bool,
     norm: Buf<f32>,
     norm_scratch: Buf<f32>,
     /// AdamW's per-tensor table (`ops::adamw::adamw_table` of the layout), uploaded once.
@@ -217,7 +244,7 @@ impl GpuModel {
             b: 0,
             t: 0,
             input: Staging::new(),
-            seeds: None,
+            dropout_on: false,
             norm: gpu.zeros(1)?,
             norm_scratch: gpu.zeros(GLOBAL_NORM_MAX_BLOCKS)?,
             adamw_ends: gpu.upload(&ends)?,
@@ -240,7 +267,39 @@ impl GpuModel {
     /// The current batch's parts on the device (views of the one staged upload).
     fn batch_input(&self) -> Result<BatchInput<'_>> {
         let i = &self.input;
-        Ok(BatchInput { ids: i.part(0)?, lens: i.part(1)?, labels: i.part(2)?, emb_pos: i.part(3)?, emb_starts: i.part(4)? })
+        Ok(BatchInput {
+            ids: i.part(0)?,
+            lens: i.part(1)?,
+            labels: i.part(2)?,
+            emb_pos: i.part(3)?,
+            emb_starts: i.part(4)?,
+            emb_um: i.part(5)?,
+            seeds: i.part(6)?,
+            sched: i.part(7)?,
+            step: i.part(8)?,
+        })
+    }
+
+    /// Site `site`'s dropout seed (`DropoutSeeds` order) in the current upload.
+    fn seed_at<'a>(&self, input: &BatchInput<'a>, site: usize) -> View<'a, u64> {
+        input.seeds.view(site, 1)
+    }
+
+    /// The shape of the current batch, (B, T).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+
+    /// Addresses of every device buffer a step reads or writes: equal before and after a
+    /// batch means no buffer was reallocated by its upload (a captured step stays valid).
+    pub fn buffer_addrs(&self) -> Vec<u64> {
+        use crate::device::DeviceSlice;
+        let mut v = vec![self.params.addr(), self.grads.addr(), self.m.addr(), self.v.addr(), self.bwd_scratch.addr(), self.norm.addr()];
+        v.push(self.input.part::<u8>(0).map(|p| p.addr()).unwrap_or(0));
+        if let Some(a) = &self.acts {
+            v.extend([a.emb.addr(), a.qkv.addr(), a.dres.addr(), a.lse.addr()]);
+        }
+        v
     }
 
     /// Uploads of batches so far, and how many of them waited on the host for their
@@ -253,9 +312,14 @@ impl GpuModel {
         gpu.zero(&self.grads)
     }
 
-    /// Check the batch against the model, size the activations for it and upload it
-    /// (ids, lens, labels, the embedding backward order) in one staged copy.
-    fn load_batch(&mut self, gpu: &Gpu, batch: &Batch) -> Result<()> {
+    /// Check the batch against the model, size the activations for it and upload it (ids,
+    /// lens, labels, the embedding backward order, the step's scalars) in one staged copy.
+    /// Launches only after this read the batch; nothing is allocated by them.
+    pub fn load_batch(&mut self, gpu: &Gpu, batch: &Batch, scalars: &StepScalars) -> Result<()> {
+        let sites = 1 + 2 * self.cfg.n_layer;
+        if let Some(s) = &scalars.seeds {
+            ensure!(s.0.len() == sites, "one dropout seed per site");
+        }
         let (b, t) = (batch.batch_size, batch.seq_len);
         ensure!(batch.ids.len() == b * t, "batch ids are not (B, T)");
         ensure!(batch.lens.len() == b && batch.labels.len() == b, "batch lens/labels are not (B)");
@@ -279,17 +343,27 @@ impl GpuModel {
         }
         // the embedding backward order is sorted here while the device may still run the
         // previous step; then the whole batch goes up in one copy (no host wait on cuda)
-        let (pos, starts) = embedding_backward_order(&batch.ids, &batch.lens, t);
-        let parts: [&[u8]; 5] = [
+        // (pos and starts padded to B*T entries: the parts' offsets depend on the shape only)
+        let (pos, starts, um) = embedding_order_parts(&batch.ids, &batch.lens, t, Some(b * t))?;
+        let seeds = match &scalars.seeds {
+            Some(s) => s.0.clone(),
+            None => vec![0u64; sites],
+        };
+        let parts: [&[u8]; 9] = [
             bytemuck::cast_slice(&batch.ids),
             bytemuck::cast_slice(&batch.lens),
             &batch.labels,
             bytemuck::cast_slice(&pos),
             bytemuck::cast_slice(&starts),
+            bytemuck::cast_slice(&um),
+            bytemuck::cast_slice(&seeds),
+            bytemuck::cast_slice(&scalars.sched),
+            bytemuck::bytes_of(&scalars.step),
         ];
         self.input.upload(gpu, &parts)?;
         self.b = b;
         self.t = t;
+        self.dropout_on = scalars.seeds.is_some();
         Ok(())
     }
 
@@ -297,32 +371,30 @@ impl GpuModel {
     /// so this waits for the device). `dropout`: the step's seeds (training) or None
     /// (evaluation: no dropout). Labels are read only for the loss.
     pub fn forward(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<f32> {
-        self.forward_launch(gpu, batch, dropout)?;
+        self.load_batch(gpu, batch, &StepScalars { seeds: dropout.cloned(), ..StepScalars::default() })?;
+        self.forward_launch(gpu)?;
         mean_loss(gpu, &head(&self.acts.as_ref().expect("forward launched").losses, self.b), self.b)
     }
 
-    /// The forward pass up to the per-review losses and probabilities, without reading
-    /// anything back (on cuda the staged batch upload does not wait either).
-    pub fn forward_launch(&mut self, gpu: &Gpu, batch: &Batch, dropout: Option<&DropoutSeeds>) -> Result<()> {
+    /// The forward pass of the loaded batch (`load_batch`) up to the per-review losses and
+    /// probabilities: launches only, nothing read back, uploaded or allocated.
+    pub fn forward_launch(&self, gpu: &Gpu) -> Result<()> {
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
-        if let Some(s) = dropout {
-            ensure!(s.0.len() == 1 + 2 * nl, "one dropout seed per site");
-        }
-        self.load_batch(gpu, batch)?;
-        self.seeds = dropout.cloned();
-        let p = if dropout.is_some() { self.cfg.dropout } else { 0.0 };
-        let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| dropout.map(f).unwrap_or(0);
+        ensure!(self.acts.is_some(), "forward needs a loaded batch");
+        let p = if self.dropout_on { self.cfg.dropout } else { 0.0 };
         let (b, t) = (self.b, self.t);
         let n = b * t; // rows of every per-token matrix
         let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let w = &self.params;
-        let BatchInput { ids, lens, labels, .. } = self.batch_input()?;
+        let input = self.batch_input()?;
+        let (ids, lens, labels) = (input.ids, input.lens, input.labels);
+        let seed = |site: usize| self.seed_at(&input, site); // sites: DropoutSeeds order
         let x0 = head(&a.x0, nc);
         let branch = head(&a.branch, nc);
 
         embedding_forward(gpu, &head(&a.emb, nc), &ids, &self.pv(w, idx::WTE), n, c)?; // (B,T,C)
-        dropout_forward(gpu, &x0, &head(&a.emb, nc), seed(&|s| s.embedding()), p)?;
+        dropout_forward(gpu, &x0, &head(&a.emb, nc), &seed(0), p)?;
         // Each residual add is fused with the layer norm that reads it (dropout of the
         // branch, add, layer norm: residual_layernorm_forward): ln2 after the attention
         // residual; after the FFN residual, the next layer's ln1 or lnf. Only layer 0's ln1
@@ -340,7 +412,7 @@ impl GpuModel {
             matmul_forward_prec(gpu, self.cfg.precision, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
             let (res_attn, ln2) = (layer(&a.res_attn, l, nc), layer(&a.ln2, l, nc)); // (B,T,C)
             // res_attn = x + dropout(branch), ln2 = layernorm(res_attn)
-            residual_layernorm_forward(gpu, &res_attn, &ln2, &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &x, &branch, &self.pl(w, idx::LN2_W, l), &self.pl(w, idx::LN2_B, l), seed(&|s| s.attn(l)), p, n, c)?;
+            residual_layernorm_forward(gpu, &res_attn, &ln2, &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &x, &branch, &self.pl(w, idx::LN2_W, l), &self.pl(w, idx::LN2_B, l), &seed(1 + 2 * l), p, n, c)?;
             let fch = layer(&a.fch, l, nf); //                                       (B,T,F)
             matmul_forward_prec(gpu, self.cfg.precision, &fch, &ln2, &self.pl(w, idx::FC_W, l), Some(&self.pl(w, idx::FC_B, l)), n, c, f)?;
             let fch_gelu = layer(&a.fch_gelu, l, nf); //                             (B,T,F)
@@ -353,7 +425,7 @@ impl GpuModel {
             } else {
                 (head(&a.lnf, nc), head(&a.lnf_mean, n), head(&a.lnf_rstd, n), self.pv(w, idx::LNF_W), self.pv(w, idx::LNF_B))
             };
-            residual_layernorm_forward(gpu, &layer(&a.res_ffn, l, nc), &ln, &mean, &rstd, &res_attn, &branch, &lw, &lb, seed(&|s| s.ffn(l)), p, n, c)?; // (B,T,C)
+            residual_layernorm_forward(gpu, &layer(&a.res_ffn, l, nc), &ln, &mean, &rstd, &res_attn, &branch, &lw, &lb, &seed(2 + 2 * l), p, n, c)?; // (B,T,C)
         }
         let lnf = head(&a.lnf, nc); //                                               (B,T,C)
         if nl == 0 {
@@ -371,20 +443,20 @@ impl GpuModel {
     }
 
     /// Backward pass of the last `forward` (same batch): adds the gradient of the mean
-    /// loss to `self.grads`.
-    pub fn backward(&mut self, gpu: &Gpu) -> Result<()> {
+    /// loss to `self.grads`. Launches only.
+    pub fn backward(&self, gpu: &Gpu) -> Result<()> {
         ensure!(self.acts.is_some(), "backward must follow forward");
         let (c, f, nl, nh, k) = (self.cfg.d_model, self.cfg.d_ff, self.cfg.n_layer, self.cfg.n_head, self.cfg.loss.outputs());
-        let seeds = self.seeds.clone();
-        let p = if seeds.is_some() { self.cfg.dropout } else { 0.0 };
-        let seed = |f: &dyn Fn(&DropoutSeeds) -> u64| seeds.as_ref().map(f).unwrap_or(0);
+        let p = if self.dropout_on { self.cfg.dropout } else { 0.0 };
         let (b, t) = (self.b, self.t);
         let n = b * t;
         let (nc, n3c, nf, nlse) = (n * c, n * 3 * c, n * f, b * nh * t);
         let a = self.acts.as_ref().unwrap();
         let (w, g) = (&self.params, &self.grads);
         let ws = &self.bwd_scratch;
-        let BatchInput { ids, lens, labels, emb_pos: pos, emb_starts: starts } = self.batch_input()?;
+        let input = self.batch_input()?;
+        let (ids, lens, labels, pos, starts, um) = (input.ids, input.lens, input.labels, input.emb_pos, input.emb_starts, input.emb_um);
+        let seed = |site: usize| self.seed_at(&input, site); // sites: DropoutSeeds order
         let (dres, dbranch, dln, datty) = (head(&a.dres, nc), head(&a.dbranch, nc), head(&a.dln, nc), head(&a.datty, nc));
         let (dqkv, dfch, dfch_gelu) = (head(&a.dqkv, n3c), head(&a.dfch, nf), head(&a.dfch_gelu, nf));
         let (dlogits, dpooled, probs) = (head(&a.dlogits, b * k), head(&a.dpooled, b * c), head(&a.probs, b * k));
@@ -402,8 +474,8 @@ impl GpuModel {
         // lnf and ln1 of layer l > 0 the previous FFN branch's, ln2 the attention branch's,
         // ln1 of layer 0 the embedding's.
         let x = if nl == 0 { x0 } else { layer(&a.res_ffn, nl - 1, nc) };
-        let before = |l: usize| if l == 0 { seed(&|s| s.embedding()) } else { seed(&|s| s.ffn(l - 1)) }; // the dropout feeding layer l
-        residual_layernorm_backward(gpu, &dres, &dbranch, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), before(nl), p, n, c)?;
+        let before = |l: usize| if l == 0 { seed(0) } else { seed(2 + 2 * (l - 1)) }; // the dropout feeding layer l (embedding, or layer l-1's FFN)
+        residual_layernorm_backward(gpu, &dres, &dbranch, &self.pv(g, idx::LNF_W), &self.pv(g, idx::LNF_B), ws, &dln, &x, &self.pv(w, idx::LNF_W), &head(&a.lnf_mean, n), &head(&a.lnf_rstd, n), &before(nl), p, n, c)?;
         for l in (0..nl).rev() {
             let x = if l == 0 { x0 } else { layer(&a.res_ffn, l - 1, nc) };
             // x = res_attn + dropout(z): dres flows on unchanged, dz = dropout'(dres) (in dbranch, written above)
@@ -411,14 +483,14 @@ impl GpuModel {
             gelu_backward(gpu, &dfch, &dfch_gelu, &layer(&a.fch, l, nf))?; //          (B,T,F)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::FC_W, l), Some(&self.pl(g, idx::FC_B, l)), ws, &dfch, &layer(&a.ln2, l, nc), &self.pl(w, idx::FC_W, l), n, c, f)?;
             // res_attn = x + dropout(y): dy = dropout'(dres) into dbranch
-            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), seed(&|s| s.attn(l)), p, n, c)?;
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &seed(1 + 2 * l), p, n, c)?;
             matmul_backward_prec(gpu, self.cfg.precision, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
             attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
-            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), before(l), p, n, c)?;
+            residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), &before(l), p, n, c)?;
         }
         // dbranch: dropout'(dres) of the embedding's dropout (written by layer 0's ln1, or lnf)
-        embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, n, c)?;
+        embedding_backward(gpu, &self.pv(g, idx::WTE), &dbranch, &ids, &pos, &starts, &um, n, c)?;
         Ok(())
     }
 
@@ -431,10 +503,12 @@ impl GpuModel {
     /// AdamW on every tensor (weight decay where the layout says) in one launch over the
     /// whole parameter buffer, with the clip factor for `o.grad_clip` computed on the
     /// device from the norm of the last `grad_norm` / `launch_grad_norm` and folded into
-    /// the read of the gradients; a non-finite norm skips the update. `step` is 1-based.
-    pub fn update(&self, gpu: &Gpu, o: &OptimConfig, lr: f32, step: u64) -> Result<()> {
+    /// the read of the gradients; a non-finite norm skips the update. The learning rate and
+    /// bias corrections are the loaded batch's `StepScalars::sched` (device memory).
+    pub fn update(&self, gpu: &Gpu, o: &OptimConfig) -> Result<()> {
         let (ends, decay, norm) = (&self.adamw_ends, &self.adamw_decay, &self.norm);
-        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, norm, o.grad_clip, lr, o.beta1, o.beta2, o.eps, o.weight_decay, step)
+        let sched = self.batch_input()?.sched;
+        adamw_update_tensors(gpu, &self.params, &self.m, &self.v, &self.grads, ends, decay, norm, o.grad_clip, &sched, o.beta1, o.beta2, o.eps, o.weight_decay)
     }
 
     /// Global L2 norm of the gradients into device memory (no wait).
@@ -443,11 +517,12 @@ impl GpuModel {
     }
 
     /// totals (`train::engine::StepTotals` slots) += the last forward's loss and accuracy
-    /// and the last gradient norm (no wait).
-    pub fn add_step_totals(&self, gpu: &Gpu, totals: &Buf<f64>, step: u64) -> Result<()> {
+    /// and the last gradient norm (no wait); the step number is the loaded batch's.
+    pub fn add_step_totals(&self, gpu: &Gpu, totals: &Buf<f64>) -> Result<()> {
         let a = self.acts.as_ref().expect("forward first");
         let (b, k) = (self.b, self.cfg.loss.outputs());
-        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &self.batch_input()?.labels, &self.norm, b, k, step)
+        let input = self.batch_input()?;
+        step_totals_add(gpu, totals, &head(&a.losses, b), &head(&a.probs, b * k), &input.labels, &self.norm, b, k, &input.step)
     }
 
     /// Per-review losses of the last forward (B).
@@ -495,21 +570,31 @@ impl GpuEngine {
         self.gpu.download(&self.model.grads)
     }
 
-    /// One step, launched: forward, backward, norm, the statistics added on the device to
-    /// `one_step` (for `train_step`) or else to `queued`, AdamW with the clip factor
-    /// computed on the device (skipped if the norm is not finite). Does not wait for the
-    /// device (see `device::Staging` for the one rare wait of the batch upload).
+    /// One step, launched: its batch and scalars uploaded (`GpuModel::load_batch`), then
+    /// [`GpuEngine::step_launches`]. Does not wait for the device (see `device::Staging`
+    /// for the one rare wait of the batch upload).
     fn launch_step(&mut self, one_step: bool, batch: &Batch, lr: f32, step: u64) -> Result<()> {
         ensure!(step >= 1, "optimizer steps are 1-based");
-        let (gpu, model, optim) = (&self.gpu, &mut self.model, &self.optim);
+        let scalars = StepScalars::train(self.run_seed, step, self.model.cfg.n_layer, lr, &self.optim)?;
+        self.model.load_batch(&self.gpu, batch, &scalars)?;
+        self.step_launches(one_step)
+    }
+
+    /// The launches of one training step on the loaded batch: zero the gradients,
+    /// forward, backward, norm, the statistics added on the device to `one_step` (for
+    /// `train_step`) or else to `queued`, AdamW with the clip factor computed on the device
+    /// (skipped if the norm is not finite). Everything that changes from step to step at
+    /// one shape is read from device memory (the batch's `StepScalars`), so these launches
+    /// have the same arguments for every batch of a shape: what a CUDA graph captures.
+    fn step_launches(&self, one_step: bool) -> Result<()> {
+        let (gpu, model, optim) = (&self.gpu, &self.model, &self.optim);
         let totals = if one_step { &self.one_step } else { &self.queued };
-        let seeds = DropoutSeeds::for_step(self.run_seed, step, model.cfg.n_layer);
         model.zero_grad(gpu)?;
-        model.forward_launch(gpu, batch, Some(&seeds))?;
+        model.forward_launch(gpu)?;
         model.backward(gpu)?;
         model.launch_grad_norm(gpu)?;
-        model.add_step_totals(gpu, totals, step)?;
-        model.update(gpu, optim, lr, step)
+        model.add_step_totals(gpu, totals)?;
+        model.update(gpu, optim)
     }
 }
 

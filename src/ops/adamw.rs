@@ -41,6 +41,15 @@ pub fn adamw_update(
     gpu.launch("adamw_update", ceil_div(n, BLOCK as usize).min(MAX_BLOCKS), BLOCK, 0, &args)
 }
 
+/// What `adamw_update_tensors` reads from device memory for step `t` (1-based):
+/// `[lr, bc1, bc2]` with the bias corrections computed exactly as the reference does and
+/// rounded to f32 (as [`adamw_update`] passes them).
+pub fn adamw_schedule(lr: f32, beta1: f32, beta2: f32, t: u64) -> Result<[f32; 3]> {
+    ensure!(t >= 1, "AdamW steps are 1-based");
+    let (bc1, bc2) = crate::reference::adamw::adamw_bias_corrections(beta1, beta2, t);
+    Ok([lr, bc1 as f32, bc2 as f32])
+}
+
 /// Entries of the per-tensor table of `adamw_update_tensors` (ADAMW_MAX_TENSORS in
 /// `kernels/adamw.cu`).
 pub const ADAMW_MAX_TENSORS: usize = 64;
@@ -62,8 +71,10 @@ pub fn adamw_table(tensors: impl IntoIterator<Item = (usize, bool)>) -> (Vec<u32
 /// [`adamw_table`], uploaded once). The clip factor is computed on the device from the
 /// global gradient norm `norm` (1 element, as `ops::gradnorm::global_norm` leaves it) and
 /// `max_norm` exactly as `reference::gradnorm::clip_scale` does (max_norm <= 0: none);
-/// a non-finite norm leaves params, m and v untouched. Otherwise the same arithmetic as
-/// [`adamw_update`] per tensor with that clip factor: bit-identical to it. `ends` must
+/// a non-finite norm leaves params, m and v untouched. The step's learning rate and bias
+/// corrections are read from device memory, `sched` = [`adamw_schedule`] (written with
+/// the batch, so a captured step replays with the next step's). Otherwise the same
+/// arithmetic as [`adamw_update`] per tensor with that clip factor: bit-identical to it. `ends` must
 /// ascend and end at N (checked by the caller that built it; the kernel stays in bounds
 /// regardless: the last tensor takes any rest). No host synchronization.
 #[allow(clippy::too_many_arguments)]
@@ -77,14 +88,13 @@ pub fn adamw_update_tensors(
     decay: &impl DeviceSlice<u32>,
     norm: &impl DeviceSlice<f32>,
     max_norm: f32,
-    lr: f32,
+    sched: &impl DeviceSlice<f32>,
     beta1: f32,
     beta2: f32,
     eps: f32,
     weight_decay: f32,
-    t: u64,
 ) -> Result<()> {
-    ensure!(t >= 1, "adamw_update_tensors: AdamW steps are 1-based");
+    ensure!(sched.len() == 3, "adamw_update_tensors: sched must be [lr, bc1, bc2] (see adamw_schedule)");
     let n = grads.len();
     ensure!(params.len() == n && m.len() == n && v.len() == n, "adamw_update_tensors: params/m/v/grads lengths differ");
     ensure!(norm.len() == 1, "adamw_update_tensors: norm must have 1 element");
@@ -96,11 +106,9 @@ pub fn adamw_update_tensors(
     if n == 0 {
         return Ok(());
     }
-    let (bc1, bc2) = crate::reference::adamw::adamw_bias_corrections(beta1, beta2, t);
-    let (bc1, bc2) = (bc1 as f32, bc2 as f32);
-    let args: [Arg; 17] = [
+    let args: [Arg; 15] = [
         params.arg(), m.arg(), v.arg(), grads.arg(), ends.arg(), decay.arg(), k.into(), norm.arg(), max_norm.into(),
-        lr.into(), beta1.into(), beta2.into(), bc1.into(), bc2.into(), eps.into(), weight_decay.into(), n.into(),
+        sched.arg(), beta1.into(), beta2.into(), eps.into(), weight_decay.into(), n.into(),
     ];
     gpu.launch("adamw_update_tensors", ceil_div(n, BLOCK as usize).min(MAX_BLOCKS), BLOCK, 0, &args)
 }

@@ -25,10 +25,17 @@ pub fn embedding_forward(
     gpu.launch("embedding_forward", ceil_div(n * c, BLOCK as usize), BLOCK, 0, &args)
 }
 
+/// At most this many blocks for [`embedding_backward`]; more distinct ids loop.
+pub const EMBEDDING_BACKWARD_MAX_BLOCKS: usize = 2048;
+
 /// dwte (V, C) +=  <-  dout (N, C), ids (N), with the summation order the host built by
-/// [`crate::reference::embedding::embedding_backward_order`]: `pos` (M <= N) the valid
-/// positions stably sorted by id (padded positions left out), `starts` (U) where each
-/// distinct id's run begins in `pos`.
+/// [`crate::reference::embedding::embedding_backward_order`]: `pos` the M <= N valid
+/// positions stably sorted by id (padded positions left out), `starts` where each of the
+/// U distinct ids' run begins in `pos`, and `um` = [U, M] (2 u32). `pos` and `starts` may
+/// be longer than M and U (the model passes capacity-sized parts); the kernel reads U and
+/// M from device memory and its grid depends only on `starts.len()`, so the same launch
+/// serves every batch of one shape (a captured CUDA graph replays it). The caller that
+/// packed them guarantees U <= starts.len() and M <= pos.len(); see [`embedding_order_parts`].
 /// Deterministic: one block per distinct id adds its rows in increasing position order
 /// (the reference's order), no atomics; reruns are bit-identical.
 #[allow(clippy::too_many_arguments)]
@@ -39,25 +46,40 @@ pub fn embedding_backward(
     ids: &impl DeviceSlice<u32>,
     pos: &impl DeviceSlice<u32>,
     starts: &impl DeviceSlice<u32>,
+    um: &impl DeviceSlice<u32>,
     n: usize,
     c: usize,
 ) -> Result<()> {
-    let m = pos.len();
-    ensure!(dout.len() == n * c && ids.len() == n && m <= n, "embedding_backward: dout N*C, ids N, pos at most N (N={n}, C={c})");
+    ensure!(dout.len() == n * c && ids.len() == n && pos.len() <= n, "embedding_backward: dout N*C, ids N, pos at most N (N={n}, C={c})");
     ensure!(c > 0 && dwte.len() % c == 0, "embedding_backward: dwte must be (V, C), C={c}");
-    ensure!(starts.len() <= m && (m == 0) == starts.is_empty(), "embedding_backward: starts must have 1..=M entries (M={m})");
-    if m == 0 {
+    ensure!(starts.len() <= pos.len(), "embedding_backward: starts longer than pos");
+    ensure!(um.len() == 2, "embedding_backward: um must be [U, M]");
+    if starts.is_empty() {
         return Ok(());
     }
-    let u = starts.len();
+    let grid = starts.len().min(EMBEDDING_BACKWARD_MAX_BLOCKS);
     let block = (ceil_div(c, 32) * 32).min(BLOCK as usize) as u32;
-    let args: [Arg; 8] = [dwte.arg(), dout.arg(), ids.arg(), pos.arg(), starts.arg(), u.into(), m.into(), c.into()];
-    gpu.launch("embedding_backward", u, block, 0, &args)
+    let args: [Arg; 7] = [dwte.arg(), dout.arg(), ids.arg(), pos.arg(), starts.arg(), um.arg(), c.into()];
+    gpu.launch("embedding_backward", grid, block, 0, &args)
+}
+
+/// The backward order of `ids` laid out (B, T) with valid lengths `lens`, as the three
+/// parts [`embedding_backward`] reads, each padded with zeros to `cap` entries when `cap`
+/// is given (the model's fixed, shape-sized parts; `cap` >= M): (pos, starts, [U, M]).
+pub fn embedding_order_parts(ids: &[u32], lens: &[u32], t: usize, cap: Option<usize>) -> Result<(Vec<u32>, Vec<u32>, [u32; 2])> {
+    let (mut pos, mut starts) = crate::reference::embedding::embedding_backward_order(ids, lens, t);
+    let um = [starts.len() as u32, pos.len() as u32];
+    if let Some(cap) = cap {
+        ensure!(pos.len() <= cap, "embedding order: {} valid positions, capacity {cap}", pos.len());
+        pos.resize(cap, 0);
+        starts.resize(cap, 0);
+    }
+    Ok((pos, starts, um))
 }
 
 /// The backward summation order for `ids` laid out (B, T) with valid lengths `lens`,
-/// uploaded: (pos (M), starts (U)).
-pub fn upload_embedding_order(gpu: &Gpu, ids: &[u32], lens: &[u32], t: usize) -> Result<(Buf<u32>, Buf<u32>)> {
-    let (pos, starts) = crate::reference::embedding::embedding_backward_order(ids, lens, t);
-    Ok((gpu.upload(&pos)?, gpu.upload(&starts)?))
+/// uploaded: (pos (M), starts (U), [U, M]).
+pub fn upload_embedding_order(gpu: &Gpu, ids: &[u32], lens: &[u32], t: usize) -> Result<(Buf<u32>, Buf<u32>, Buf<u32>)> {
+    let (pos, starts, um) = embedding_order_parts(ids, lens, t, None)?;
+    Ok((gpu.upload(&pos)?, gpu.upload(&starts)?, gpu.upload(&um)?))
 }

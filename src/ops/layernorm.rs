@@ -63,7 +63,7 @@ pub const RESIDUAL_LAYERNORM_MAX_C: usize = 227 * 1024 / 4;
 
 /// res (N, C), ln (N, C), mean (N), rstd (N)  <-  x (N, C), branch (N, C), weight (C), bias (C):
 /// `res = x + dropout(branch)` (the mask and scale of [`crate::ops::dropout::dropout_forward`]
-/// over the flat (N, C) tensor with this `seed` and `p`; p <= 0: no dropout), then
+/// over the flat (N, C) tensor with `seed` (1 u64 of device memory) and `p`; p <= 0: no dropout), then
 /// `ln = layernorm(res)` as [`layernorm_forward`]. One launch, one pass over memory; the
 /// same values, bit for bit, as dropout_forward + residual_forward + layernorm_forward.
 #[allow(clippy::too_many_arguments)]
@@ -77,12 +77,13 @@ pub fn residual_layernorm_forward(
     branch: &impl DeviceSlice<f32>,
     weight: &impl DeviceSlice<f32>,
     bias: &impl DeviceSlice<f32>,
-    seed: u64,
+    seed: &impl DeviceSlice<u64>,
     p: f32,
     n: usize,
     c: usize,
 ) -> Result<()> {
     let what = "residual_layernorm_forward";
+    ensure!(seed.len() == 1, "{what}: the seed is one u64 of device memory");
     ensure!(
         [res.len(), ln.len(), x.len(), branch.len()].iter().all(|&l| l == n * c),
         "{what}: res, ln, x and branch must be N*C = {}",
@@ -96,7 +97,7 @@ pub fn residual_layernorm_forward(
     }
     let args: [Arg; 13] = [
         res.arg(), ln.arg(), mean.arg(), rstd.arg(), x.arg(), branch.arg(), weight.arg(), bias.arg(),
-        seed.into(), p.into(), dropout_scale(p).into(), n.into(), c.into(),
+        seed.arg(), p.into(), dropout_scale(p).into(), n.into(), c.into(),
     ];
     gpu.launch(what, n, block_size(c), (4 * c) as u32, &args)
 }
@@ -127,7 +128,7 @@ pub fn layernorm_backward(
 /// The backward of [`residual_layernorm_forward`]'s dropout fused into the layer norm's:
 /// dres (N, C) +=, dweight (C) +=, dbias (C) += as [`layernorm_backward`] (dres is the
 /// residual stream's gradient, `inp` the forward's `res`), then dbranch (N, C) =
-/// `dropout_backward(dres)` with this `seed` and `p` (the forward's), in the same pass
+/// `dropout_backward(dres)` with `seed` (1 u64 of device memory) and `p` (the forward's), in the same pass
 /// over dres. The same values, bit for bit, as layernorm_backward + dropout_backward.
 #[allow(clippy::too_many_arguments)]
 pub fn residual_layernorm_backward(
@@ -142,15 +143,16 @@ pub fn residual_layernorm_backward(
     weight: &impl DeviceSlice<f32>,
     mean: &impl DeviceSlice<f32>,
     rstd: &impl DeviceSlice<f32>,
-    seed: u64,
+    seed: &impl DeviceSlice<u64>,
     p: f32,
     n: usize,
     c: usize,
 ) -> Result<()> {
     let what = "residual_layernorm_backward";
     ensure!(dres.len() == n * c && dbranch.len() == n * c, "{what}: dres and dbranch must be N*C = {}", n * c);
+    ensure!(seed.len() == 1, "{what}: the seed is one u64 of device memory");
     ensure!(p < 1.0 && !p.is_nan(), "{what}: p = {p} must be below 1");
-    let dropout: [Arg; 3] = [seed.into(), p.into(), dropout_scale(p).into()];
+    let dropout: [Arg; 3] = [seed.arg(), p.into(), dropout_scale(p).into()];
     backward_launch(gpu, what, &[dres.arg(), dbranch.arg()], dweight, dbias, scratch, dout, inp, weight, mean, rstd, &dropout, n, c)
 }
 
