@@ -122,6 +122,15 @@ stepbench() { local rc=0 p; for p in fp32 tf32 bf16; do bin/cudaenc bench --devi
 export -f stepbench
 step "bench step (cudaenc 3 precs)" 45 90 04-bench.log note_step "${BASH_FN[@]}" stepbench
 step "bench step (pytorch eager)" 40 70 04-bench.log note_torch "$PY" pytorch_reference.py --device cuda --configs eager-fp32,eager-tf32,eager-bf16 --budget-s 60
+# the same steps captured as CUDA graphs and replayed (train --cuda-graphs). Not in the
+# default plan (it would take it past the budget; the graph path's correctness is in the
+# gpu tests above, graph_step): a second call runs it, GPU_CHECK_STEPS='graphs', or
+# GPU_CHECK_EXTRA=1
+if [[ -n "${GPU_CHECK_EXTRA:-}" || "${GPU_CHECK_STEPS:-}" == *graphs* ]]; then
+  stepgraphs() { local rc=0 p; for p in fp32 bf16; do bin/cudaenc bench --device cuda --step --steps 20 --precision "$p" --cuda-graphs || rc=$?; done; return $rc; }
+  export -f stepgraphs
+  step "bench step (cudaenc graphs)" 30 60 04-bench.log note_step "${BASH_FN[@]}" stepgraphs
+fi
 
 # 5. the kernel table, cuBLAS as the limit (a cuBLAS failure is an n/a row)
 step "bench kernels" 25 60 04-bench.log note_bench bin/cudaenc bench --device cuda --repeats 20
@@ -155,7 +164,8 @@ fi
   "$PY" - "$OUT/04-bench.log" <<'PYEOF' 2>&1 || echo "(no step results to compare)"
 import json, os, sys
 lines = open(sys.argv[1], errors="replace").read().splitlines() if os.path.exists(sys.argv[1]) else []
-# every STEPJSON line (one per precision); preset labels are "gpu", "gpu-tf32", "gpu-bf16"
+# every STEPJSON line (one per precision); preset labels are "gpu", "gpu-tf32", "gpu-bf16",
+# and with --cuda-graphs "gpu-fp32-graphs", "gpu-bf16-graphs"
 ours = {}
 for l in lines:
     if l.startswith("STEPJSON "):
@@ -166,9 +176,10 @@ torch = [json.loads(l[10:]) for l in lines if l.startswith("TORCHJSON ")]
 results = [r for t in torch for r in t["results"]]
 ref = {(r["preset"], r["t"], f"{r['mode']}-{r['precision']}"): r["tokens_per_s"] for r in results}
 print(f"PyTorch {torch[-1]['torch'] if torch else '?'} on {torch[-1]['device'] if torch else '?'}")
-precs = ["fp32", "tf32", "bf16"]
+precs = ["fp32", "tf32", "bf16", "fp32-graphs", "bf16-graphs"]
 tcols = ["eager-fp32", "eager-tf32", "eager-bf16", "compile-bf16"]
-pairs = [("fp32", "eager-fp32"), ("tf32", "eager-tf32"), ("bf16", "eager-bf16"), ("bf16", "compile-bf16")]
+pairs = [("fp32", "eager-fp32"), ("tf32", "eager-tf32"), ("bf16", "eager-bf16"), ("bf16", "compile-bf16"),
+         ("fp32-graphs", "eager-fp32"), ("bf16-graphs", "eager-bf16"), ("bf16-graphs", "compile-bf16")]
 fmt = lambda v: f"{v:>12.0f}" if v else f"{'-':>12}"
 print(f"{'preset':<8} {'T':>4} " + " ".join(f"{'ours-' + p:>12}" for p in precs) + " " + " ".join(f"{c:>12}" for c in tcols)
       + "  ratio " + ", ".join(f"{a}/{b}" for a, b in pairs))

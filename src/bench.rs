@@ -737,10 +737,15 @@ pub fn preset_model(preset: crate::cli::setup::Preset, vocab: usize, t: usize, l
 /// work: batch upload, embedding order; the statistics are read back once at the end) of
 /// `cfg` at B x T on `gpu`, after `warmup` untimed steps; four synthetic batches in turn.
 /// Each step is timed on the wall clock up to a device synchronize.
-pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, steps: usize, warmup: usize) -> Result<StepResult> {
+/// `graphs`: through the CUDA graph path (`GpuEngine::use_graphs`; every batch has the
+/// same shape, so step 1 runs directly, step 2 is captured, the rest replay; warm up
+/// at least 2 steps to time replays only); an error if no step replayed.
+#[allow(clippy::too_many_arguments)]
+pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, steps: usize, warmup: usize, graphs: bool) -> Result<StepResult> {
     let batches: Vec<Batch> = (0..4).map(|i| step_batch(b, t, cfg.vocab, 100 + i)).collect();
     let mut engine = crate::model::gpu::GpuEngine::new(gpu, cfg, &OptimConfig::default(), 1, 1)
         .with_context(|| format!("step bench {label}: building the model"))?;
+    engine.use_graphs(graphs);
     let params = engine.model.layout.total;
     use crate::train::engine::Engine;
     let mut times = Vec::with_capacity(steps);
@@ -754,6 +759,9 @@ pub fn step_bench(gpu: Gpu, label: &str, cfg: &ModelConfig, b: usize, t: usize, 
         }
     }
     engine.flush_totals(&mut totals)?;
+    if graphs && engine.graph_counts().replayed == 0 {
+        bail!("step bench {label}: no step replayed a captured graph ({:?})", engine.graph_counts());
+    }
     if let Some(bad) = totals.nonfinite {
         bail!("step bench {label}: step {} gave loss {} and gradient norm {}", bad.step, bad.loss, bad.grad_norm);
     }

@@ -27,9 +27,13 @@ fn bench_filter_keeps_references_and_matching_cases() {
 #[test]
 fn step_bench_runs_on_emu() {
     let cfg = ModelConfig { vocab: 500, d_model: 16, n_layer: 1, n_head: 2, d_ff: 32, max_len: 8, dropout: 0.1, loss: Loss::Bce, precision: Default::default() };
-    let r = bench::step_bench(Gpu::emu(), "tiny", &cfg, 2, 8, 1, 0).expect("step bench on emu");
+    let r = bench::step_bench(Gpu::emu(), "tiny", &cfg, 2, 8, 1, 0, false).expect("step bench on emu");
     assert_eq!((r.b, r.t, r.steps), (2, 8, 1));
     assert!(r.ms_median > 0.0 && r.tokens_per_s.is_finite());
+    // through the graph path: the timed step is a replay (else an error)
+    let g = bench::step_bench(Gpu::emu(), "tiny-graphs", &cfg, 2, 8, 1, 2, true).expect("graph step bench on emu");
+    assert_eq!((g.b, g.t, g.steps), (2, 8, 1));
+    assert!(bench::step_bench(Gpu::emu(), "tiny-graphs", &cfg, 2, 8, 1, 0, true).is_err(), "one step: nothing replayed");
 }
 
 #[test]

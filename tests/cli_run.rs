@@ -245,6 +245,7 @@ fn bad_settings_are_refused_before_the_run_folder_is_written() {
         (&["--full-test"], "no test split"),
         (&["--val-size", "10"], "--val-size"),
         (&["--data", ""], "--data is empty"),
+        (&["--cuda-graphs"], "--cuda-graphs"), // TINY runs on the cpu device
     ] {
         let e = fails(&train(&dir, flags, None));
         assert!(e.contains(want), "{flags:?}: {e}");

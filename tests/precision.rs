@@ -166,6 +166,6 @@ fn tensor_core_training_is_bit_identical_across_runs() {
 #[test]
 fn cpu_device_refuses_tensor_core_precisions() {
     let cfg = config(Loss::Ce, Precision::Bf16);
-    let e = Device::Cpu.engine(&cfg, &OptimConfig::default(), 1).err().expect("bf16 on the cpu device must fail");
+    let e = Device::Cpu.engine(&cfg, &OptimConfig::default(), 1, false).err().expect("bf16 on the cpu device must fail");
     assert!(format!("{e:#}").contains("--device cuda"), "{e:#}");
 }

@@ -90,7 +90,7 @@ fn train(precision: Precision) -> (RunRecord, usize) {
     let tcfg = setup::train_config(&h, SEED).unwrap();
     let slots = tensor_slots(&ParamLayout::new(&cfg));
     let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, SEED);
-    let mut engine = Device::open(DeviceKind::Emu).unwrap().engine(&cfg, &tcfg.optim, SEED).unwrap();
+    let mut engine = Device::open(DeviceKind::Emu).unwrap().engine(&cfg, &tcfg.optim, SEED, false).unwrap();
     let progress = Progress { show_bar: false, label: precision.to_string(), stop_after: None };
     let rec = train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, None, false, &progress).unwrap();
     (rec, loaded.val.len())

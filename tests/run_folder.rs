@@ -79,7 +79,7 @@ fn only_a_finite_checkpoint_is_kept() {
         let dir = RunDir::create(&tmp.path().join(format!("nan-params-{nan_params}")), &serde_json::json!({})).unwrap();
         let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 1);
         let mut engine = TurnsNan {
-            inner: Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap(),
+            inner: Device::Cpu.engine(&cfg, &tcfg.optim, 1, false).unwrap(),
             steps: 0,
             good_steps: data.steps_per_epoch,
             nan_params,
@@ -122,7 +122,7 @@ fn resume_refuses_a_checkpoint_header_that_is_not_the_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = RunDir::create(&tmp.path().join("run"), &serde_json::json!({})).unwrap();
     let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 1);
-    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1, false).unwrap();
     let progress = Progress { show_bar: false, label: "header".into(), stop_after: Some(1) };
     train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), false, &progress).unwrap();
     let good = checkpoint::load(&dir.checkpoint_path(), &slots).unwrap();
@@ -132,7 +132,7 @@ fn resume_refuses_a_checkpoint_header_that_is_not_the_runs() {
         let mut ckpt = good.clone();
         ckpt.metadata.insert(key.into(), value.into());
         checkpoint::save(&dir.checkpoint_path(), &slots, &ckpt).unwrap();
-        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1, false).unwrap();
         let err = train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), true, &progress)
             .expect_err(&format!("{key}={value} was resumed"));
         let msg = format!("{err:#}");
@@ -141,7 +141,7 @@ fn resume_refuses_a_checkpoint_header_that_is_not_the_runs() {
     }
     // the checkpoint as written resumes
     checkpoint::save(&dir.checkpoint_path(), &slots, &good).unwrap();
-    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1, false).unwrap();
     let done = Progress { stop_after: None, ..progress };
     let record = train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, Some(&dir), true, &done).unwrap();
     assert_eq!(record.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2]);

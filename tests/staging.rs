@@ -87,7 +87,9 @@ fn awkward_batches() -> Vec<Batch> {
     ]
 }
 
-/// The five parts of a batch upload, as `GpuModel::load_batch` sends them.
+/// The first five parts of a batch upload, as `GpuModel::load_batch` sends them (the
+/// four after them, the step's scalars and the embedding order's [U, M], are checked by
+/// tests/graph_step.rs through whole steps).
 struct Parts {
     ids: Vec<u32>,
     lens: Vec<u32>,

@@ -37,7 +37,7 @@ fn cpu_training_learns_the_demo_corpus() {
         let cfg = setup::model_config(&h, loaded.vocab, loss).unwrap();
         let tcfg = setup::train_config(&h, 1).unwrap();
         let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 1);
-        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1).unwrap();
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 1, false).unwrap();
         let slots = tensor_slots(&ParamLayout::new(&cfg));
         let rec = train_run(engine.as_mut(), loss, &tcfg, &data, &slots, None, false, &progress(None)).unwrap();
         let last = rec.last().unwrap();
@@ -59,7 +59,7 @@ fn resumed_run_ends_bit_identical() {
     let run = |dir: &std::path::Path, stop_after: Option<usize>, resume: bool| {
         let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 3);
         let run_dir = if resume { RunDir { path: dir.to_path_buf() } } else { RunDir::create(dir, &config).unwrap() };
-        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 3).unwrap();
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 3, false).unwrap();
         train_run(engine.as_mut(), Loss::Ce, &tcfg, &data, &slots, Some(&run_dir), resume, &progress(stop_after)).unwrap()
     };
     let straight = tmp.path().join("straight");
@@ -96,7 +96,7 @@ fn emu_run_agrees_with_cpu_run() {
     let slots = tensor_slots(&ParamLayout::new(&cfg));
     let run = |device: &Device| {
         let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 5);
-        let mut engine = device.engine(&cfg, &tcfg.optim, 5).unwrap();
+        let mut engine = device.engine(&cfg, &tcfg.optim, 5, false).unwrap();
         train_run(engine.as_mut(), Loss::Bce, &tcfg, &data, &slots, None, false, &progress(None)).unwrap()
     };
     let cpu = run(&Device::Cpu);
@@ -116,6 +116,44 @@ fn emu_run_agrees_with_cpu_run() {
     }
 }
 
+/// `--cuda-graphs` on the emulator: a short run whose training steps are captured per
+/// batch shape and replayed equals, bit for bit, the same run (the same 64-rounded
+/// batches) with every step launched directly; and the rounding leaves every batch's
+/// reviews as they were (only T grows).
+#[test]
+fn emu_run_with_graphs_equals_direct_launches() {
+    use cudaenc::device::DeviceKind;
+    let mut loaded = setup::load_data(&DataArgs { train_subset: Some(192), ..demo_args() }, 7).unwrap();
+    loaded.val.reviews.truncate(100);
+    let h = setup::Hyper { epochs: 2, d_model: 16, n_head: 2, d_ff: 32, dropout: 0.1, token_drop: 0.1, cuda_graphs: true, ..Preset::Demo.hyper() };
+    let cfg = setup::model_config(&h, loaded.vocab, Loss::Ce).unwrap();
+    let tcfg = setup::train_config(&h, 7).unwrap();
+    let slots = tensor_slots(&ParamLayout::new(&cfg));
+    let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 7);
+    let plain = setup::run_data(&loaded, &setup::Hyper { cuda_graphs: false, ..h.clone() }, TruncatePolicy::Head, 7);
+    for (g, p) in (data.train)(1).iter().zip((plain.train)(1).iter()) {
+        assert_eq!(g.seq_len % setup::GRAPH_LEN_MULTIPLE, 0, "T rounded up to a multiple of 64");
+        assert!(g.seq_len >= p.seq_len && g.seq_len < p.seq_len + setup::GRAPH_LEN_MULTIPLE);
+        assert_eq!((&g.lens, &g.labels), (&p.lens, &p.labels), "the same reviews in the same batches");
+    }
+    let device = Device::open(DeviceKind::Emu).unwrap();
+    let run = |graphs: bool| {
+        let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 7);
+        let mut engine = device.engine(&cfg, &tcfg.optim, 7, graphs).unwrap();
+        train_run(engine.as_mut(), Loss::Ce, &tcfg, &data, &slots, None, false, &progress(None)).unwrap()
+    };
+    let (direct, graphs) = (run(false), run(true));
+    for (d, g) in direct.epochs.iter().zip(&graphs.epochs) {
+        println!("epoch {}: train loss direct {} graphs {}; val acc {} / {}", d.epoch, d.train_loss, g.train_loss, d.val_acc, g.val_acc);
+        assert_eq!(d.train_loss.to_bits(), g.train_loss.to_bits(), "epoch {}: train loss", d.epoch);
+        assert_eq!(d.val_loss.to_bits(), g.val_loss.to_bits(), "epoch {}: val loss", d.epoch);
+        assert_eq!(d.val_acc.to_bits(), g.val_acc.to_bits(), "epoch {}: val acc", d.epoch);
+    }
+    assert_eq!(direct.epochs.len(), 2);
+    let e = Device::Cpu.engine(&cfg, &tcfg.optim, 7, true).err().expect("the cpu device has no graphs");
+    assert!(format!("{e:#}").contains("--cuda-graphs"), "{e:#}");
+}
+
 /// `--ema`: the checkpoint's parameters are the moving average (what was evaluated: the
 /// record's validation loss is that of the saved parameters, to the bit), the raw weights
 /// are kept under `train.`, and an interrupted run resumes bit-identical.
@@ -132,7 +170,7 @@ fn ema_run_evaluates_and_saves_the_average_and_resumes_bit_identical() {
     let run = |tcfg: &cudaenc::train::trainer::TrainConfig, dir: &std::path::Path, stop_after: Option<usize>, resume: bool| {
         let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 4);
         let run_dir = if resume { RunDir { path: dir.to_path_buf() } } else { RunDir::create(dir, &config).unwrap() };
-        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap();
+        let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4, false).unwrap();
         train_run(engine.as_mut(), Loss::Bce, tcfg, &data, &slots, Some(&run_dir), resume, &progress(stop_after))
     };
     let straight = tmp.path().join("straight");
@@ -144,14 +182,14 @@ fn ema_run_evaluates_and_saves_the_average_and_resumes_bit_identical() {
     assert!(moved > ca.params.len() / 2);
     // and it is an average of the last steps' weights (decay 0.9: about the last ten of
     // 30), far closer to the raw weights than the initial ones are
-    let init = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap().params().unwrap();
+    let init = Device::Cpu.engine(&cfg, &tcfg.optim, 4, false).unwrap().params().unwrap();
     let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
     let (to_avg, to_init) = (dist(&ca.params, &ca.train_params), dist(&init, &ca.train_params));
     println!("ema: raw weights {to_avg:.4} from the average, {to_init:.4} from the initial weights (want < 1/4 of it)");
     assert!(to_avg < 0.25 * to_init);
 
     let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 4);
-    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4).unwrap();
+    let mut engine = Device::Cpu.engine(&cfg, &tcfg.optim, 4, false).unwrap();
     engine.load_state(&ca.params, &ca.adam_m, &ca.adam_v).unwrap();
     let (p, y) = predictions(engine.as_mut(), &data.val).unwrap();
     let (loss, acc) = loss_and_accuracy(&p, &y).unwrap();

@@ -43,6 +43,10 @@ pub struct Args {
     /// --step: precision of the linear layers (the kernel rows cover every precision)
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// --step: capture the step as a CUDA graph and replay it (as `train --cuda-graphs`);
+    /// the rows are labelled `<preset>-<precision>-graphs`
+    #[arg(long)]
+    pub cuda_graphs: bool,
 }
 
 fn open(kind: DeviceKind) -> anyhow::Result<Gpu> {
@@ -68,7 +72,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !gpu.is_cuda() {
         // emu: a tiny model, one step: proves the step bench runs, times nothing
         let cfg = ModelConfig { vocab: 1000, d_model: 32, n_layer: 1, n_head: 2, d_ff: 64, max_len: 16, dropout: 0.1, loss: args.loss, precision: args.precision };
-        results.push(bench::step_bench(gpu, "tiny(emu)", &cfg, 2, 16, 1, 0)?);
+        let label = if args.cuda_graphs { "tiny(emu)-graphs" } else { "tiny(emu)" };
+        // with graphs: step 1 direct, 2 captured, 3 replayed
+        let (steps, warmup) = if args.cuda_graphs { (1, 2) } else { (1, 0) };
+        results.push(bench::step_bench(gpu, label, &cfg, 2, 16, steps, warmup, args.cuda_graphs)?);
     } else {
         drop(gpu); // each shape opens the device anew and frees its model when done
         let presets = if args.preset.is_empty() { vec![Preset::Gpu, Preset::Nanogpt] } else { args.preset.clone() };
@@ -76,11 +83,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for &p in &presets {
             for &t in &lens {
                 let cfg = ModelConfig { precision: args.precision, ..bench::preset_model(p, args.vocab, t, args.loss) };
-                let label = match args.precision {
-                    Precision::Fp32 => format!("{p:?}").to_lowercase(),
-                    prec => format!("{p:?}-{prec}").to_lowercase(),
+                let label = match (args.precision, args.cuda_graphs) {
+                    (Precision::Fp32, false) => format!("{p:?}").to_lowercase(),
+                    (prec, false) => format!("{p:?}-{prec}").to_lowercase(),
+                    (prec, true) => format!("{p:?}-{prec}-graphs").to_lowercase(),
                 };
-                let r = bench::step_bench(open(args.device)?, &label, &cfg, args.batch_size, t, args.steps, 3)?;
+                let r = bench::step_bench(open(args.device)?, &label, &cfg, args.batch_size, t, args.steps, 3, args.cuda_graphs)?;
                 eprintln!("step bench {label} B={} T={t}: {:.2} ms/step", args.batch_size, r.ms_median);
                 results.push(r);
             }

@@ -70,7 +70,7 @@ pub fn load_run_with(run: &Path, device: &Device, precision: Option<crate::confi
         bail!("no epoch of the run in {} has finished yet (no {CHECKPOINT_FILE}): there is no model to use", run.display());
     }
     let ckpt = checkpoint::load(&path, &slots)?;
-    let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed)?;
+    let mut engine = device.engine(&config.model, &config.train.optim, config.train.seed, false)?; // no training step to capture
     let zeros = vec![0.0; ckpt.params.len()];
     let (m, v) = if ckpt.adam_m.is_empty() { (&zeros, &zeros) } else { (&ckpt.adam_m, &ckpt.adam_v) };
     engine.load_state(&ckpt.params, m, v)?;

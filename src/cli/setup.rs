@@ -66,7 +66,16 @@ pub struct Hyper {
     /// Input precision of the linear layers (every preset: fp32; absent in older runs).
     #[serde(default)]
     pub precision: Precision,
+    /// `--cuda-graphs`: the training step captured once per batch shape and replayed, the
+    /// training batches' T rounded up to a multiple of [`GRAPH_LEN_MULTIPLE`] so that
+    /// shapes repeat (off in every preset; absent in older runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graphs: bool,
 }
+
+/// With `--cuda-graphs`, a training batch's T is rounded up to a multiple of this: at
+/// most 8 lengths up to 512 tokens, so each (B, T) is captured once and replayed often.
+pub const GRAPH_LEN_MULTIPLE: usize = 64;
 
 impl Preset {
     pub fn resolve(self, demo: bool, device_is_cpu: bool) -> Preset {
@@ -99,6 +108,7 @@ impl Preset {
             epochs: 10,
             label_smoothing: 0.0,
             precision: Precision::Fp32,
+            cuda_graphs: false,
         };
         match self {
             // Chosen on held-out movies of the train split (docs/training.md, "More of the
@@ -222,6 +232,12 @@ pub struct HyperArgs {
     /// inputs and f32 accumulation (cuda and emu devices; weights and AdamW stay f32)
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Capture the training step as a CUDA graph once per batch shape and replay it (one
+    /// launch a step instead of dozens); training batches' T rounded up to a multiple of
+    /// 64 so that shapes repeat. cuda and emu devices; bit-identical to direct launches on
+    /// the same batches. Default: off (no GPU has measured it yet)
+    #[arg(long)]
+    pub cuda_graphs: bool,
 }
 
 impl HyperArgs {
@@ -254,6 +270,7 @@ impl HyperArgs {
         h.epochs = self.epochs.unwrap_or(h.epochs);
         set(&mut h.label_smoothing, self.label_smoothing);
         h.precision = self.precision.unwrap_or(h.precision);
+        h.cuda_graphs |= self.cuda_graphs;
         h
     }
 }
@@ -471,11 +488,13 @@ fn demo_flags_used(args: &DataArgs) -> Result<()> {
 /// batches sorted by length.
 pub fn run_data(loaded: &LoadedData, h: &Hyper, policy: TruncatePolicy, seed: u64) -> RunData {
     let cfg = BatchConfig::new(h.batch_size, Truncate::new(h.max_len, policy));
+    // evaluation is never captured: its batches stay at the longest review's length
+    let train_cfg = BatchConfig { pad_multiple: if h.cuda_graphs { GRAPH_LEN_MULTIPLE } else { 0 }, ..cfg };
     let train = loaded.train.clone();
-    let steps_per_epoch = BatchPlan::train(&train, &cfg, seed, 1).len();
+    let steps_per_epoch = BatchPlan::train(&train, &train_cfg, seed, 1).len();
     let eval = |set: &ReviewSet| -> Vec<Batch> { BatchPlan::eval(set, &cfg).iter(set).collect() };
     RunData {
-        train: Box::new(move |epoch| BatchPlan::train(&train, &cfg, seed, epoch as u64).iter(&train).collect()),
+        train: Box::new(move |epoch| BatchPlan::train(&train, &train_cfg, seed, epoch as u64).iter(&train).collect()),
         steps_per_epoch,
         val: eval(&loaded.val),
         test: loaded.test.as_ref().map(eval),
@@ -625,16 +644,20 @@ impl Device {
         matches!(self, Device::Cpu)
     }
 
-    /// A fresh model on this device: parameters initialized from `seed`.
-    pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Box<dyn Engine>> {
+    /// A fresh model on this device: parameters initialized from `seed`; `graphs`: the
+    /// training step captured per batch shape and replayed (`--cuda-graphs`; cuda and emu).
+    pub fn engine(&self, cfg: &ModelConfig, optim: &OptimConfig, seed: u64, graphs: bool) -> Result<Box<dyn Engine>> {
         Ok(match self {
+            Device::Cpu if graphs => bail!("--cuda-graphs captures the kernels of the cuda (or emu) device: use --device cuda, or drop --cuda-graphs"),
             Device::Cpu if cfg.precision != Precision::Fp32 => bail!(
                 "precision {} runs the linear layers on the tensor cores: use --device cuda (or emu); the cpu device is fp32",
                 cfg.precision
             ),
             Device::Cpu => Box::new(CpuEngine::new(cfg, optim, seed, seed)?),
             Device::Gpu(gpu) => {
-                Box::new(GpuEngine::new(gpu.clone(), cfg, optim, seed, seed).context("creating the model on the device")?)
+                let mut engine = GpuEngine::new(gpu.clone(), cfg, optim, seed, seed).context("creating the model on the device")?;
+                engine.use_graphs(graphs);
+                Box::new(engine)
             }
         })
     }
@@ -721,6 +744,7 @@ impl RunConfig {
         check(a.vocab_map == b.vocab_map, "--compact-vocab / --min-count");
         check(a.truncate == b.truncate, "--truncate");
         check(a.dedup == b.dedup, "--dedup");
+        check(a.hyper.cuda_graphs == b.hyper.cuda_graphs, "--cuda-graphs (it rounds the training batches' lengths)");
         check(a.id_map == b.id_map, "the demo corpus's vocabulary");
         out
     }

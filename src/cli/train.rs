@@ -84,8 +84,11 @@ pub fn run_one(
     resume: bool,
     label: &str,
 ) -> Result<RunRecord> {
-    // refuse what cannot fit before the folder is touched
+    // refuse what cannot fit or cannot run before the folder is touched
     setup::check_fits(&config.model, config.train.batch_size, device)?;
+    if config.hyper.cuda_graphs && device.is_cpu() {
+        bail!("--cuda-graphs captures the kernels of the cuda (or emu) device: use --device cuda, or drop --cuda-graphs");
+    }
     if resume && !dir.join(CONFIG_FILE).is_file() {
         bail!("--resume: {} holds no run (no {CONFIG_FILE}); start it without --resume", dir.display());
     }
@@ -128,7 +131,7 @@ pub fn run_one(
     let slots = tensor_slots(&ParamLayout::new(&config.model));
     let progress = Progress { show_bar: std::io::stderr().is_terminal(), label: label.to_string(), stop_after: None };
     let result = device
-        .engine(&config.model, &config.train.optim, config.train.seed)
+        .engine(&config.model, &config.train.optim, config.train.seed, config.hyper.cuda_graphs)
         .and_then(|mut engine| train_run(engine.as_mut(), config.model.loss, &config.train, &data, &slots, Some(&run_dir), resume, &progress));
     if result.is_err() && !resume && !run_dir.checkpoint_path().exists() {
         // nothing was trained to keep: remove what this run wrote, and the folder if this

@@ -22,12 +22,22 @@ pub struct BatchConfig {
     pub truncate: Truncate,
     /// Sort by length within chunks of this many batches (0 or 1: no bucketing).
     pub bucket_chunk: usize,
+    /// Round each batch's T up to a multiple of this (0 or 1: T is the longest review), so
+    /// that batch shapes repeat (`--cuda-graphs` replays one captured step per shape). The
+    /// token budget counts the rounded T.
+    pub pad_multiple: usize,
 }
 
 impl BatchConfig {
     /// `batch_size` reviews per batch, buckets of 100 batches, no token budget.
     pub fn new(batch_size: usize, truncate: Truncate) -> BatchConfig {
-        BatchConfig { batch_size: batch_size.max(1), max_tokens: None, truncate, bucket_chunk: 100 }
+        BatchConfig { batch_size: batch_size.max(1), max_tokens: None, truncate, bucket_chunk: 100, pad_multiple: 0 }
+    }
+
+    /// T for a batch whose longest review has `len` tokens: at least 1, rounded up to
+    /// `pad_multiple`.
+    pub fn seq_len(&self, len: usize) -> usize {
+        len.max(1).next_multiple_of(self.pad_multiple.max(1))
     }
 }
 
@@ -62,7 +72,7 @@ impl BatchPlan {
             }
             shuffle(&mut batches, &mut rng);
         }
-        BatchPlan::finish(batches, &lens, cfg.truncate)
+        BatchPlan::finish(batches, &lens, cfg)
     }
 
     /// Evaluation batches: every review once, sorted by length (shortest first).
@@ -72,7 +82,7 @@ impl BatchPlan {
         order.sort_by_key(|&i| lens[i as usize]);
         let mut batches = Vec::new();
         cut(&order, &lens, cfg, &mut batches);
-        BatchPlan::finish(batches, &lens, cfg.truncate)
+        BatchPlan::finish(batches, &lens, cfg)
     }
 
     /// Batches in the given order without any sorting (for comparison: plain batching).
@@ -81,9 +91,10 @@ impl BatchPlan {
         BatchPlan::train(set, &plain, seed, 0)
     }
 
-    fn finish(batches: Vec<Vec<u32>>, lens: &[usize], truncate: Truncate) -> BatchPlan {
+    fn finish(batches: Vec<Vec<u32>>, lens: &[usize], cfg: &BatchConfig) -> BatchPlan {
+        let truncate = cfg.truncate;
         let seq_lens: Vec<usize> =
-            batches.iter().map(|b| b.iter().map(|&i| lens[i as usize]).max().unwrap_or(0).max(1)).collect();
+            batches.iter().map(|b| cfg.seq_len(b.iter().map(|&i| lens[i as usize]).max().unwrap_or(0))).collect();
         let valid = batches.iter().flatten().map(|&i| lens[i as usize]).sum();
         let padded = batches.iter().zip(&seq_lens).map(|(b, &t)| b.len() * t).sum();
         BatchPlan { batches, seq_lens, truncate: Some(truncate), valid, padded }
@@ -144,7 +155,7 @@ fn cut(order: &[u32], lens: &[usize], cfg: &BatchConfig, out: &mut Vec<Vec<u32>>
     let mut cur: Vec<u32> = Vec::with_capacity(bs);
     let mut cur_t = 0usize;
     for &i in order {
-        let l = lens[i as usize].max(1);
+        let l = cfg.seq_len(lens[i as usize]);
         let t = cur_t.max(l);
         let over_budget = cfg.max_tokens.is_some_and(|m| (cur.len() + 1) * t > m);
         if !cur.is_empty() && (cur.len() == bs || over_budget) {

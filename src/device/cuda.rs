@@ -161,6 +161,15 @@ pub struct KernelInfo {
 /// The devices this process has opened, by ordinal: one context, stream and module set each.
 static OPENED: OnceLock<Mutex<HashMap<usize, Arc<Cuda>>>> = OnceLock::new();
 
+/// An instantiated CUDA graph, launched on the stream it was captured on.
+pub(crate) struct Graph(cudarc::driver::CudaGraph);
+
+impl Graph {
+    pub(crate) fn launch(&self) -> Result<()> {
+        self.0.launch().map_err(|e| anyhow!("cuda: graph launch failed: {e:?}"))
+    }
+}
+
 /// Device memory: the allocation and its address.
 pub(crate) struct DevMem {
     _slice: CudaSlice<u8>,
@@ -247,7 +256,9 @@ impl Cuda {
             return Err(no_ptx_error());
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cuda: cannot open device {ordinal}: {e:?}"))?;
-        let stream = ctx.default_stream();
+        // a stream of our own, not the legacy default stream: CUDA cannot capture a graph
+        // on the default stream (`Gpu::capture`); every operation goes to this one stream
+        let stream = ctx.new_stream().map_err(|e| anyhow!("cuda: cannot create a stream on device {ordinal}: {e:?}"))?;
         let mut entries = HashMap::new();
         for (m, text) in ptx::PTX_MODULES {
             parse_entries(m, text, &mut entries);
@@ -400,6 +411,23 @@ impl Cuda {
     pub(crate) fn memset_zero(&self, addr: u64, bytes: usize) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("cuda: {e:?}"))?;
         unsafe { result::memset_d8_async(addr, 0, bytes, self.stream.cu_stream()) }.map_err(|e| anyhow!("cuda: memset: {e:?}"))
+    }
+
+    /// Capture what `f` enqueues on the stream into an instantiated CUDA graph (relaxed
+    /// mode: the kernels' modules may load during the capture). The capture is ended even
+    /// when `f` fails, so the stream is usable afterwards.
+    pub(crate) fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| anyhow!("cuda: cannot begin a graph capture: {e:?}"))?;
+        let body = f();
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        body.context("cuda: while capturing a graph")?;
+        match ended.map_err(|e| anyhow!("cuda: graph capture failed: {e:?}"))? {
+            Some(graph) => Ok(Graph(graph)),
+            None => bail!("cuda: the graph capture recorded nothing"),
+        }
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {

@@ -14,8 +14,10 @@
 
 pub mod cuda;
 pub mod emu;
+mod graph;
 mod staging;
 
+pub use graph::{GraphOp, StepGraph};
 pub use staging::{Packing, Staging, PART_ALIGN};
 
 use anyhow::{bail, Result};
@@ -255,21 +257,24 @@ enum Backend {
 #[derive(Clone)]
 pub struct Gpu {
     backend: Backend,
+    /// Emu only, inside [`Gpu::capture`]: launches and memsets are recorded here instead
+    /// of run (as a CUDA stream capture records them), anything else is refused.
+    recorder: Option<std::sync::Arc<std::sync::Mutex<Vec<GraphOp>>>>,
 }
 
 impl Gpu {
     /// The host emulator, fiber order from `CUDAENC_EMU_ORDER` (default forward).
     pub fn emu() -> Gpu {
-        Gpu { backend: Backend::Emu(EmuOrder::from_env()) }
+        Gpu { backend: Backend::Emu(EmuOrder::from_env()), recorder: None }
     }
     /// The host emulator with an explicit fiber order.
     pub fn emu_with_order(order: EmuOrder) -> Gpu {
-        Gpu { backend: Backend::Emu(order) }
+        Gpu { backend: Backend::Emu(order), recorder: None }
     }
     /// The real GPU `ordinal`. Errors (never panics) without a driver, device or PTX.
     /// The context is created on the first call and shared by every later handle.
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        Ok(Gpu { backend: Backend::Cuda(cuda::Cuda::shared(ordinal)?) })
+        Ok(Gpu { backend: Backend::Cuda(cuda::Cuda::shared(ordinal)?), recorder: None })
     }
     /// Open `kind`: Some(gpu) for cuda and emu, None for cpu. Auto picks cuda when a
     /// driver, a device and PTX are present, else cpu with a one-line notice on stderr.
@@ -323,6 +328,7 @@ impl Gpu {
 
     /// A zeroed buffer of `n` elements.
     pub fn zeros<T: Pod>(&self, n: usize) -> Result<Buf<T>> {
+        self.not_capturing("an allocation")?;
         let bytes = n * std::mem::size_of::<T>();
         let mem = match &self.backend {
             Backend::Emu(_) => Mem::Emu(emu::HostMem::zeroed(bytes)?),
@@ -338,6 +344,7 @@ impl Gpu {
     }
     /// Copy `host` into existing device memory of the same length.
     pub fn write<T: Pod>(&self, dst: &impl DeviceSlice<T>, host: &[T]) -> Result<()> {
+        self.not_capturing("a host-to-device copy")?;
         if dst.len() != host.len() {
             bail!("write: {} elements into device memory of {}", host.len(), dst.len());
         }
@@ -352,6 +359,7 @@ impl Gpu {
     }
     /// Wait for the launches so far, then copy device memory to a new Vec.
     pub fn download<T: Pod>(&self, src: &impl DeviceSlice<T>) -> Result<Vec<T>> {
+        self.not_capturing("a download")?;
         let mut v = vec![T::zeroed(); src.len()];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
         match &self.backend {
@@ -364,13 +372,21 @@ impl Gpu {
     }
     /// Set device memory to zero (in launch order).
     pub fn zero<T: Pod>(&self, dst: &impl DeviceSlice<T>) -> Result<()> {
-        let bytes = dst.len() * std::mem::size_of::<T>();
+        self.zero_bytes(dst.addr(), dst.len() * std::mem::size_of::<T>())
+    }
+
+    /// Set `bytes` bytes of device memory at `addr` to zero (in launch order).
+    fn zero_bytes(&self, addr: u64, bytes: usize) -> Result<()> {
+        if let Some(rec) = &self.recorder {
+            rec.lock().unwrap_or_else(|p| p.into_inner()).push(GraphOp::Zero { addr, bytes });
+            return Ok(());
+        }
         match &self.backend {
             Backend::Emu(_) => unsafe {
-                std::ptr::write_bytes(dst.addr() as *mut u8, 0, bytes);
+                std::ptr::write_bytes(addr as *mut u8, 0, bytes);
                 Ok(())
             },
-            Backend::Cuda(c) => c.memset_zero(dst.addr(), bytes),
+            Backend::Cuda(c) => c.memset_zero(addr, bytes),
         }
     }
 
@@ -380,6 +396,14 @@ impl Gpu {
     /// On emu the launch has finished when this returns; on cuda it is enqueued.
     pub fn launch(&self, name: &str, grid: impl Into<Dim3>, block: impl Into<Dim3>, shared_bytes: u32, args: &[Arg]) -> Result<()> {
         let (grid, block) = (grid.into(), block.into());
+        if let Some(rec) = &self.recorder {
+            if !emu::kernel_names().iter().any(|k| k == name) {
+                bail!("kernel '{name}': no such kernel in the emulator");
+            }
+            let op = GraphOp::Launch { name: name.to_string(), grid, block, shared_bytes, args: args.to_vec() };
+            rec.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+            return Ok(());
+        }
         match &self.backend {
             Backend::Emu(order) => emu::launch(name, grid, block, shared_bytes, args, *order),
             Backend::Cuda(c) => c.launch(name, grid, block, shared_bytes, args),
@@ -388,10 +412,49 @@ impl Gpu {
 
     /// Wait until every launch so far has finished (reports asynchronous kernel errors).
     pub fn synchronize(&self) -> Result<()> {
+        self.not_capturing("a synchronize")?;
         match &self.backend {
             Backend::Emu(_) => Ok(()),
             Backend::Cuda(c) => c.synchronize(),
         }
+    }
+
+    /// An error while [`Gpu::capture`] records (emu): only launches and memsets may be
+    /// captured, as in a CUDA stream capture.
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.recorder.is_some() {
+            bail!("{what} inside a captured step: only launches and memsets can be captured");
+        }
+        Ok(())
+    }
+
+    /// Capture the launches and memsets `f` enqueues on the `Gpu` it is given into a
+    /// [`StepGraph`], without running them; [`StepGraph::launch`] then runs them all, as
+    /// often as wanted, with the arguments they had (addresses, sizes, grids): whatever
+    /// must change between replays has to be in device memory. cuda: a stream capture
+    /// (cudarc's `begin_capture` / `end_capture`, relaxed mode) instantiated as a CUDA
+    /// graph. emu: the operations recorded in order and replayed one by one, so the emulator
+    /// checks the same property the GPU relies on. Allocations, copies, downloads and
+    /// synchronizes inside `f` are errors on emu (and break the capture on cuda).
+    pub fn capture(&self, f: impl FnOnce(&Gpu) -> Result<()>) -> Result<StepGraph> {
+        anyhow::ensure!(self.recorder.is_none(), "capture inside a capture");
+        match &self.backend {
+            Backend::Emu(_) => {
+                let rec = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let g = Gpu { backend: self.backend.clone(), recorder: Some(rec.clone()) };
+                f(&g)?;
+                drop(g);
+                let ops = std::mem::take(&mut *rec.lock().unwrap_or_else(|p| p.into_inner()));
+                Ok(StepGraph::emu(ops))
+            }
+            Backend::Cuda(c) => Ok(StepGraph::cuda(c.capture(|| f(self))?)),
+        }
+    }
+
+    /// Run a captured graph once (in launch order, after everything enqueued before).
+    pub fn launch_graph(&self, graph: &StepGraph) -> Result<()> {
+        self.not_capturing("a graph launch")?;
+        graph.launch_on(self)
     }
 
     /// Milliseconds the work enqueued by `f` takes: CUDA events on cuda, the wall clock on emu.

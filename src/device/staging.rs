@@ -116,6 +116,7 @@ impl Staging {
     /// waiting for the device, except (rarely) for the copy two uploads back out of the
     /// same staging buffer.
     pub fn upload(&mut self, gpu: &Gpu, parts: &[&[u8]]) -> Result<()> {
+        gpu.not_capturing("a batch upload")?;
         let packing = Packing::new(&parts.iter().map(|p| p.len()).collect::<Vec<_>>());
         let bytes = packing.total;
         if self.dev.as_ref().is_none_or(|d| d.len() < bytes) {

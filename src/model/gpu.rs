@@ -13,7 +13,7 @@
 use anyhow::{ensure, Result};
 
 use crate::config::{Loss, ModelConfig, OptimConfig};
-use crate::device::{Buf, Gpu, Staging, View};
+use crate::device::{Buf, Gpu, Staging, StepGraph, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_schedule, adamw_table, adamw_update_tensors};
@@ -204,6 +204,8 @@ pub struct GpuModel {
     /// layernorm_backward partial sums), shared by every backward launch (one stream, one
     /// launch at a time); sized by `backward_scratch_len` for the largest batch so far.
     bwd_scratch: Buf<f32>,
+    /// Reallocations of `acts` or `bwd_scratch` so far (see `buffers_key`).
+    reallocs: u64,
 }
 
 /// Scratch floats the backward needs for N = B*T rows: the largest split-K workspace of
@@ -250,6 +252,7 @@ impl GpuModel {
             adamw_ends: gpu.upload(&ends)?,
             adamw_decay: gpu.upload(&decay)?,
             bwd_scratch: gpu.zeros(0)?,
+            reallocs: 0,
         })
     }
 
@@ -290,16 +293,12 @@ impl GpuModel {
         (self.b, self.t)
     }
 
-    /// Addresses of every device buffer a step reads or writes: equal before and after a
-    /// batch means no buffer was reallocated by its upload (a captured step stays valid).
-    pub fn buffer_addrs(&self) -> Vec<u64> {
+    /// Changes whenever a batch upload reallocated a buffer a step uses (the activations,
+    /// the backward's workspace, or the staged upload's device buffer), so a step captured
+    /// before would use stale addresses: (reallocations so far, the upload's address).
+    pub fn buffers_key(&self) -> (u64, u64) {
         use crate::device::DeviceSlice;
-        let mut v = vec![self.params.addr(), self.grads.addr(), self.m.addr(), self.v.addr(), self.bwd_scratch.addr(), self.norm.addr()];
-        v.push(self.input.part::<u8>(0).map(|p| p.addr()).unwrap_or(0));
-        if let Some(a) = &self.acts {
-            v.extend([a.emb.addr(), a.qkv.addr(), a.dres.addr(), a.lse.addr()]);
-        }
-        v
+        (self.reallocs, self.input.part::<u8>(0).map(|p| p.addr()).unwrap_or(0))
     }
 
     /// Uploads of batches so far, and how many of them waited on the host for their
@@ -334,12 +333,14 @@ impl GpuModel {
             self.acts = None; // free the old buffers first
             self.acts = Some(Acts::new(gpu, &self.cfg, cap)?);
             self.cap = cap;
+            self.reallocs += 1;
         }
         // the split-K workspace grows with the batch like the activations (never per launch)
         let scratch = backward_scratch_len(&self.cfg, b, b * t);
         if self.bwd_scratch.len() < scratch {
             self.bwd_scratch = gpu.zeros(0)?; // free the old one first
             self.bwd_scratch = gpu.zeros(scratch)?;
+            self.reallocs += 1;
         }
         // the embedding backward order is sorted here while the device may still run the
         // previous step; then the whole batch goes up in one copy (no host wait on cuda)
@@ -554,6 +555,34 @@ pub struct GpuEngine {
     /// totals for one `train_step` (`StepTotals` slots).
     queued: Buf<f64>,
     one_step: Buf<f64>,
+    /// `--cuda-graphs`: the step's launches captured per shape and replayed (None: off).
+    graphs: Option<StepGraphs>,
+}
+
+/// The training step's captured graphs, by (B, T, which totals buffer). A shape's first
+/// step runs its launches directly (loading any kernel module on the way), its second is
+/// captured and then launched, every later one replays the graph. A batch whose upload
+/// reallocates a buffer (a larger shape than any before) drops every graph, since they
+/// hold the old addresses.
+#[derive(Default)]
+struct StepGraphs {
+    by_shape: std::collections::HashMap<(usize, usize, bool), Option<StepGraph>>,
+    /// `GpuModel::buffers_key` when the graphs were captured.
+    key: (u64, u64),
+    counts: GraphCounts,
+}
+
+/// What the graph path did so far (`GpuEngine::graph_counts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphCounts {
+    /// Steps whose launches ran directly (a shape's first step, or graphs off).
+    pub direct: u64,
+    /// Graphs captured.
+    pub captured: u64,
+    /// Steps that replayed a graph captured at an earlier step.
+    pub replayed: u64,
+    /// Times every graph was dropped because a buffer was reallocated.
+    pub invalidated: u64,
 }
 
 impl GpuEngine {
@@ -562,7 +591,18 @@ impl GpuEngine {
         let mut model = GpuModel::new(&gpu, cfg, &init_params(cfg, init_seed))?;
         model.label_smoothing = optim.label_smoothing;
         let (queued, one_step) = (gpu.zeros(STEP_TOTALS_SLOTS)?, gpu.zeros(STEP_TOTALS_SLOTS)?);
-        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed, queued, one_step })
+        Ok(GpuEngine { gpu, model, optim: optim.clone(), run_seed, queued, one_step, graphs: None })
+    }
+
+    /// Capture each batch shape's training step as a CUDA graph (emu: a recorded list)
+    /// and replay it (`--cuda-graphs`). The results are bit-identical to direct launches.
+    pub fn use_graphs(&mut self, on: bool) {
+        self.graphs = on.then(StepGraphs::default);
+    }
+
+    /// What the graph path did so far (all zero with graphs off).
+    pub fn graph_counts(&self) -> GraphCounts {
+        self.graphs.as_ref().map(|g| g.counts).unwrap_or_default()
     }
 
     /// The gradients of the last `train_step`, before the clip factor.
@@ -577,7 +617,43 @@ impl GpuEngine {
         ensure!(step >= 1, "optimizer steps are 1-based");
         let scalars = StepScalars::train(self.run_seed, step, self.model.cfg.n_layer, lr, &self.optim)?;
         self.model.load_batch(&self.gpu, batch, &scalars)?;
-        self.step_launches(one_step)
+        let Some(mut graphs) = self.graphs.take() else {
+            return self.step_launches(&self.gpu, one_step);
+        };
+        let r = self.launch_step_graph(&mut graphs, one_step);
+        self.graphs = Some(graphs);
+        r
+    }
+
+    /// The loaded step through the graph cache (see [`StepGraphs`]).
+    fn launch_step_graph(&self, graphs: &mut StepGraphs, one_step: bool) -> Result<()> {
+        let key = self.model.buffers_key();
+        if key != graphs.key {
+            if graphs.by_shape.values().any(Option::is_some) {
+                graphs.counts.invalidated += 1;
+            }
+            graphs.by_shape.clear();
+            graphs.key = key;
+        }
+        let (b, t) = self.model.shape();
+        match graphs.by_shape.get(&(b, t, one_step)) {
+            None => {
+                graphs.counts.direct += 1;
+                graphs.by_shape.insert((b, t, one_step), None);
+                self.step_launches(&self.gpu, one_step)
+            }
+            Some(None) => {
+                let graph = self.gpu.capture(|g| self.step_launches(g, one_step))?;
+                self.gpu.launch_graph(&graph)?;
+                graphs.counts.captured += 1;
+                graphs.by_shape.insert((b, t, one_step), Some(graph));
+                Ok(())
+            }
+            Some(Some(graph)) => {
+                graphs.counts.replayed += 1;
+                self.gpu.launch_graph(graph)
+            }
+        }
     }
 
     /// The launches of one training step on the loaded batch: zero the gradients,
@@ -586,8 +662,8 @@ impl GpuEngine {
     /// (skipped if the norm is not finite). Everything that changes from step to step at
     /// one shape is read from device memory (the batch's `StepScalars`), so these launches
     /// have the same arguments for every batch of a shape: what a CUDA graph captures.
-    fn step_launches(&self, one_step: bool) -> Result<()> {
-        let (gpu, model, optim) = (&self.gpu, &self.model, &self.optim);
+    fn step_launches(&self, gpu: &Gpu, one_step: bool) -> Result<()> {
+        let (model, optim) = (&self.model, &self.optim);
         let totals = if one_step { &self.one_step } else { &self.queued };
         model.zero_grad(gpu)?;
         model.forward_launch(gpu)?;
