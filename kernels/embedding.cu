@@ -15,6 +15,28 @@ extern "C" __global__ void embedding_forward(float* __restrict__ out, const unsi
 }
 CUDAENC_REGISTER(embedding_forward)
 
+// out (N,C) = dropout(wte[ids]): embedding_forward and dropout_forward in one pass (the
+// gathered rows are not written and read back). Element i = n*C + c is kept iff
+// dropout_uniform(seed[0], i) >= p and scaled by `scale`, exactly as dropout_forward
+// treats element i of the flat (N,C) tensor, so dropout_backward (or the layer norm
+// backward that fuses it) stays the backward; p <= 0: the plain gather. The seed is
+// device memory (read only when p > 0), as in dropout_forward. Grid-stride over N*C.
+extern "C" __global__ void embedding_dropout_forward(float* __restrict__ out, const unsigned int* __restrict__ ids,
+                                                     const float* __restrict__ wte,
+                                                     const unsigned long long* __restrict__ seed, float p,
+                                                     float scale, int N, int C, int V) {
+    const unsigned long long s = p > 0.0f ? seed[0] : 0ull;
+    const size_t total = (size_t)N * C;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = i / C, c = i % C;
+        const unsigned int id = ids[n];
+        const float x = id < (unsigned int)V ? wte[(size_t)id * C + c] : 0.0f;
+        const bool keep = p <= 0.0f || dropout_uniform(s, i) >= p;
+        out[i] = keep ? (p <= 0.0f ? x : x * scale) : 0.0f;
+    }
+}
+CUDAENC_REGISTER(embedding_dropout_forward)
+
 // dwte (V,C) += <- dout (N,C), ids (N), pos (M): the M valid (unpadded) positions
 // stably sorted by id, starts (U): index into pos where each of the U distinct ids' run
 // begins (increasing). U and M are read from device memory (um = {U, M}, written with

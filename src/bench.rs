@@ -119,6 +119,7 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("sigmoid_bce_forward", |g, s| loss_case(g, s.b, Loss::Bce, true)),
         ("sigmoid_bce_backward", |g, s| loss_case(g, s.b, Loss::Bce, false)),
         ("embedding_forward", embedding_forward),
+        ("embedding_dropout_forward", embedding_dropout_forward),
         ("embedding_backward", embedding_backward),
         ("adamw_update", adamw_update),
         ("adamw_update_tensors", adamw_update_tensors),
@@ -485,6 +486,21 @@ fn embedding_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
         flops: 0.0,
         na: false,
         run: Box::new(move |g| ops::embedding::embedding_forward(g, &out, &ids, &wte, n, c)),
+    })
+}
+
+/// The model's first launch: the gather and the embedding dropout in one pass (the
+/// unfused pair moves 2 N*C floats more: out written by the gather, read by dropout).
+fn embedding_dropout_forward(gpu: &Gpu, s: &Shapes) -> Result<Case> {
+    let (n, c, v) = (s.n(), s.c, s.v);
+    let ids = gpu.upload(&zipf_ids(n, v, 7))?;
+    let (wte, out, seed) = (rand_buf(gpu, v * c, 1)?, gpu.zeros::<f32>(n * c)?, gpu.upload(&[42u64])?);
+    Ok(Case {
+        shape: format!("N={n} C={c} V={v} p=0.1"),
+        bytes: F * (2 * n * c + n) as f64,
+        flops: 0.0,
+        na: false,
+        run: Box::new(move |g| ops::embedding::embedding_dropout_forward(g, &out, &ids, &wte, &seed, 0.1, n, c)),
     })
 }
 

@@ -231,3 +231,41 @@ fn embedding_backward_fixed_grid_serves_every_batch_of_a_shape() {
         }
     }
 }
+
+/// The fused gather + dropout (`embedding_dropout_forward`, the model's first launch)
+/// equals embedding_forward then dropout_forward bit for bit (same mask over the flat
+/// tensor, same scale) and the f32 reference exactly, at awkward sizes, p = 0 included; a
+/// seed that is not one u64, or p >= 1, is an error.
+#[test]
+fn embedding_dropout_forward_equals_the_two_launches() {
+    use cudaenc::ops::dropout::dropout_forward;
+    use cudaenc::ops::embedding::embedding_dropout_forward;
+    for gpu in devices("embedding dropout") {
+        for &(n, c, v, p) in &[(1usize, 1usize, 1usize, 0.5f32), (37, 13, 50, 0.1), (300, 64, 1000, 0.3), (5, 7, 3, 0.0), (1000, 33, 17, 0.9)] {
+            let mut rng = SplitMix64::new((n * c) as u64);
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+            let wte = pattern(v * c, 3);
+            let seed = 0xE4B0_0000_0000_0000u64 ^ (n * 7 + c) as u64;
+            let (d_ids, d_wte, d_seed) = (gpu.upload(&ids).unwrap(), gpu.upload(&wte).unwrap(), gpu.upload(&[seed]).unwrap());
+            let (fused, rows, unfused) = (gpu.upload(&vec![f32::NAN; n * c]).unwrap(), gpu.zeros::<f32>(n * c).unwrap(), gpu.zeros::<f32>(n * c).unwrap());
+            embedding_dropout_forward(&gpu, &fused, &d_ids, &d_wte, &d_seed, p, n, c).unwrap();
+            embedding_forward(&gpu, &rows, &d_ids, &d_wte, n, c).unwrap();
+            dropout_forward(&gpu, &unfused, &rows, &d_seed, p).unwrap();
+            let (got, want) = (gpu.download(&fused).unwrap(), gpu.download(&unfused).unwrap());
+            let mut want_ref = vec![0.0f32; n * c];
+            reference::embedding_dropout_forward(&mut want_ref, &ids, &wte, seed, p, n, c);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let dropped = got.iter().filter(|&&x| x == 0.0).count();
+            println!("  {:<22} N={n:<5} C={c:<3} p={p}: {dropped} of {} dropped; fused == two launches == f32 reference", gpu.name(), n * c);
+            assert_eq!(bits(&got), bits(&want), "{} N={n} C={c} p={p}: fused differs from the two launches", gpu.name());
+            assert_eq!(bits(&got), bits(&want_ref), "{} N={n} C={c} p={p}: fused differs from the reference", gpu.name());
+        }
+    }
+    let gpu = common::emu();
+    let (out, ids, wte) = (gpu.zeros::<f32>(4).unwrap(), gpu.zeros::<u32>(2).unwrap(), gpu.zeros::<f32>(6).unwrap());
+    let (seed, two) = (gpu.upload(&[1u64]).unwrap(), gpu.zeros::<u64>(2).unwrap());
+    assert!(embedding_dropout_forward(&gpu, &out, &ids, &wte, &two, 0.1, 2, 2).is_err(), "two seeds");
+    assert!(embedding_dropout_forward(&gpu, &out, &ids, &wte, &seed, 1.0, 2, 2).is_err(), "p = 1");
+    assert!(embedding_dropout_forward(&gpu, &out, &ids, &wte, &seed, 0.1, 2, 3).is_err(), "out not N*C");
+    assert!(embedding_dropout_forward(&gpu, &out, &ids, &wte, &seed, 0.1, 2, 2).is_ok());
+}

@@ -18,8 +18,7 @@ use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_schedule, adamw_table, adamw_update_tensors};
 use crate::ops::attention::{attention_backward, attention_forward};
-use crate::ops::dropout::dropout_forward;
-use crate::ops::embedding::{embedding_backward, embedding_forward, embedding_order_parts};
+use crate::ops::embedding::{embedding_backward, embedding_dropout_forward, embedding_order_parts};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
 use crate::ops::layernorm::{layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_backward, residual_layernorm_forward};
@@ -51,8 +50,7 @@ impl Cap {
 /// `reference::model::Acts`. Per-layer tensors are stacked (L, ...). Sized for `cap`;
 /// the current batch uses a prefix (views of exact length).
 struct Acts {
-    emb: Buf<f32>,         // (B,T,C) wte[ids] before dropout
-    x0: Buf<f32>,          // (B,T,C) residual stream entering layer 0
+    x0: Buf<f32>,          // (B,T,C) residual stream entering layer 0: dropout(wte[ids])
     ln1: Buf<f32>,         // (L,B,T,C)
     ln1_mean: Buf<f32>,    // (L,B,T)
     ln1_rstd: Buf<f32>,    // (L,B,T)
@@ -92,7 +90,6 @@ impl Acts {
         let Cap { n, b, lse } = cap;
         let z = |len: usize| gpu.zeros::<f32>(len);
         Ok(Acts {
-            emb: z(n * c)?,
             x0: z(n * c)?,
             ln1: z(l * n * c)?,
             ln1_mean: z(l * n)?,
@@ -394,8 +391,7 @@ impl GpuModel {
         let x0 = head(&a.x0, nc);
         let branch = head(&a.branch, nc);
 
-        embedding_forward(gpu, &head(&a.emb, nc), &ids, &self.pv(w, idx::WTE), n, c)?; // (B,T,C)
-        dropout_forward(gpu, &x0, &head(&a.emb, nc), &seed(0), p)?;
+        embedding_dropout_forward(gpu, &x0, &ids, &self.pv(w, idx::WTE), &seed(0), p, n, c)?; // (B,T,C) gather + dropout, one pass
         // Each residual add is fused with the layer norm that reads it (dropout of the
         // branch, add, layer norm: residual_layernorm_forward): ln2 after the attention
         // residual; after the FFN residual, the next layer's ln1 or lnf. Only layer 0's ln1

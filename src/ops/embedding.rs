@@ -25,6 +25,34 @@ pub fn embedding_forward(
     gpu.launch("embedding_forward", ceil_div(n * c, BLOCK as usize), BLOCK, 0, &args)
 }
 
+/// out (N, C) = dropout(wte[ids]): [`embedding_forward`] and
+/// [`crate::ops::dropout::dropout_forward`] (same mask over the flat (N, C) tensor, same
+/// scale; `seed` one u64 of device memory, not read when p <= 0) in one launch, one pass:
+/// the same bits as the two launches. Ids must be < V (as for `embedding_forward`).
+pub fn embedding_dropout_forward(
+    gpu: &Gpu,
+    out: &impl DeviceSlice<f32>,
+    ids: &impl DeviceSlice<u32>,
+    wte: &impl DeviceSlice<f32>,
+    seed: &impl DeviceSlice<u64>,
+    p: f32,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let what = "embedding_dropout_forward";
+    ensure!(out.len() == n * c && ids.len() == n, "{what}: out must be N*C, ids N (N={n}, C={c})");
+    ensure!(c > 0 && wte.len() % c == 0 && !wte.is_empty(), "{what}: wte must be (V, C), C={c}");
+    ensure!(seed.len() == 1, "{what}: the seed is one u64 of device memory");
+    ensure!(p < 1.0 && !p.is_nan(), "{what}: p = {p} must be below 1");
+    if n == 0 {
+        return Ok(());
+    }
+    let v = wte.len() / c;
+    let scale = if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 }; // as dropout's launcher
+    let args: [Arg; 9] = [out.arg(), ids.arg(), wte.arg(), seed.arg(), p.into(), scale.into(), n.into(), c.into(), v.into()];
+    gpu.launch(what, super::elementwise_grid(n * c), super::ELEMENTWISE_THREADS, 0, &args)
+}
+
 /// At most this many blocks for [`embedding_backward`]; more distinct ids loop.
 pub const EMBEDDING_BACKWARD_MAX_BLOCKS: usize = 2048;
 

@@ -16,6 +16,15 @@ pub fn embedding_forward<T: Float>(out: &mut [T], ids: &[u32], wte: &[T], n: usi
     }
 }
 
+/// out (N, C) = dropout(wte[ids]) (`dropout::dropout_forward` of the gathered rows, the
+/// mask of `seed` over the flat tensor): the reference of the fused kernel
+/// `embedding_dropout_forward`.
+pub fn embedding_dropout_forward<T: Float>(out: &mut [T], ids: &[u32], wte: &[T], seed: u64, p: f32, n: usize, c: usize) {
+    let mut rows = vec![T::of(0.0); n * c];
+    embedding_forward(&mut rows, ids, wte, n, c);
+    super::dropout::dropout_forward(out, &rows, seed, p);
+}
+
 /// dwte (V, C) +=  <-  dout (N, C), ids (N).
 /// Deterministic: each row of dwte receives its positions' gradients in increasing
 /// position order, which is the order the kernel uses (positions stably sorted by id).
