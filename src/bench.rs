@@ -336,12 +336,18 @@ pub fn zipf_ids(n: usize, v: usize, seed: u64) -> Vec<u32> {
 struct Cublas(cudarc::cublas::sys::cublasHandle_t);
 
 impl Cublas {
-    fn new() -> Result<Cublas> {
+    /// A handle whose calls go to `gpu`'s stream (the device's own stream, not the legacy
+    /// default stream, which a non-blocking stream does not wait for): ordered with our
+    /// launches and timed by the same events.
+    fn new(gpu: &Gpu) -> Result<Cublas> {
+        let stream = gpu.cuda_stream().ok_or_else(|| anyhow::anyhow!("cublas: not a cuda device"))?;
         // the primary context of device 0, which Gpu::cuda(0) uses: make it current here
         let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| anyhow::anyhow!("cuda: {e:?}"))?;
         ctx.bind_to_thread().map_err(|e| anyhow::anyhow!("cuda: {e:?}"))?;
         let h = cudarc::cublas::result::create_handle().map_err(|e| anyhow::anyhow!("cublas: create handle: {e:?}"))?;
-        Ok(Cublas(h))
+        let handle = Cublas(h); // destroyed on an error below
+        unsafe { cudarc::cublas::result::set_stream(handle.0, stream as _) }.map_err(|e| anyhow::anyhow!("cublas: set stream: {e:?}"))?;
+        Ok(handle)
     }
 }
 
@@ -368,7 +374,7 @@ fn cublas_sgemm(gpu: &Gpu, n: usize, ic: usize, oc: usize) -> Result<Case> {
         return Ok(Case { shape, bytes, flops, run: Box::new(|_| Ok(())), na: true });
     }
     let (inp, w, out) = (rand_buf(gpu, n * ic, 1)?, rand_buf(gpu, oc * ic, 2)?, gpu.zeros::<f32>(n * oc)?);
-    let handle = Cublas::new()?;
+    let handle = Cublas::new(gpu)?;
     let (m_, n_, k_) = (oc as i32, n as i32, ic as i32);
     Ok(Case {
         shape,
@@ -877,7 +883,7 @@ fn cublas_gemm_ex(gpu: &Gpu, s: &Shapes, preset: &str, gemm: &str, prec: ops::ma
     let (out, dinp, dw) = (gpu.zeros::<f32>(n * oc)?, gpu.zeros::<f32>(n * ic)?, gpu.zeros::<f32>(oc * ic)?);
     let in_type = if bf16 { cudaDataType::CUDA_R_16BF } else { cudaDataType::CUDA_R_32F };
     let compute = if bf16 { cublasComputeType_t::CUBLAS_COMPUTE_32F } else { cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 };
-    let handle = Cublas::new()?;
+    let handle = Cublas::new(gpu)?;
     let (n_, ic_, oc_) = (n as i32, ic as i32, oc as i32);
     // row-major X (r, c) is column-major X^T (c, r) with leading dimension c
     let gemm_ex = move |ta, tb, m: i32, nn: i32, k: i32, a: u64, lda: i32, b: u64, ldb: i32, beta: f32, c: u64, ldc: i32| {

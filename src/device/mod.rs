@@ -309,6 +309,16 @@ impl Gpu {
         }
     }
 
+    /// cuda: the raw handle of the one stream every operation of this device goes to, for
+    /// a library call that must run in order with our launches and events (cuBLAS in the
+    /// benchmarks); None on emu.
+    pub fn cuda_stream(&self) -> Option<cudarc::driver::sys::CUstream> {
+        match &self.backend {
+            Backend::Emu(_) => None,
+            Backend::Cuda(c) => Some(c.stream.cu_stream()),
+        }
+    }
+
     pub fn is_cuda(&self) -> bool {
         matches!(self.backend, Backend::Cuda(_))
     }
