@@ -72,7 +72,10 @@ fn check_plan(plan: &BatchPlan, set: &ReviewSet, cfg: &BatchConfig) {
     for (i, b) in plan.iter(set).enumerate() {
         assert!(b.batch_size <= cfg.batch_size && b.batch_size > 0);
         assert_eq!(b.ids.len(), b.batch_size * b.seq_len);
-        assert_eq!(b.seq_len, *b.lens.iter().max().unwrap() as usize);
+        // the longest review, rounded up to cfg.pad_multiple when set
+        let longest = *b.lens.iter().max().unwrap() as usize;
+        let m = cfg.pad_multiple.max(1);
+        assert!(b.seq_len % m == 0 && b.seq_len >= longest.max(1) && b.seq_len < longest.max(1) + m, "T = {} for longest {longest}", b.seq_len);
         if let Some(m) = cfg.max_tokens {
             assert!(b.batch_size * b.seq_len <= m || b.batch_size == 1);
         }
@@ -130,4 +133,26 @@ fn token_budget_and_eval_order() {
     let empty = ReviewSet::default();
     assert!(BatchPlan::train(&empty, &cfg, 1, 0).is_empty());
     assert_eq!(BatchPlan::eval(&empty, &cfg).padding_fraction(), 0.0);
+}
+
+/// `pad_multiple` (what `--cuda-graphs` sets to 64): every T a multiple of it, at most one
+/// multiple above the longest review, the token budget counted on the rounded T, the same
+/// reviews in the same batches as without it when there is no budget, and few shapes.
+#[test]
+fn rounded_lengths_make_shapes_repeat() {
+    let set = synthetic(3000, 500, 9);
+    let base = BatchConfig::new(32, Truncate::new(512, TruncatePolicy::Head));
+    let padded = BatchConfig { pad_multiple: 64, ..base };
+    let (plan, plain) = (BatchPlan::train(&set, &padded, 2, 1), BatchPlan::train(&set, &base, 2, 1));
+    check_plan(&plan, &set, &padded);
+    assert_eq!(plan.batches, plain.batches, "rounding T does not change which reviews go together");
+    assert_eq!(plan.valid_tokens(), plain.valid_tokens());
+    let shapes: std::collections::BTreeSet<(usize, usize)> = plan.iter(&set).map(|b| (b.batch_size, b.seq_len)).collect();
+    println!("{} batches, {} shapes (unrounded: {} lengths); padding {:.3} -> {:.3}", plan.len(), shapes.len(),
+        plain.seq_lens.iter().collect::<std::collections::BTreeSet<_>>().len(), plain.padding_fraction(), plan.padding_fraction());
+    assert!(shapes.len() <= 9, "at most 8 lengths up to 512 and one smaller last batch: {shapes:?}");
+    let budget = BatchConfig { max_tokens: Some(4096), ..padded };
+    let p = BatchPlan::train(&set, &budget, 2, 1);
+    check_plan(&p, &set, &budget);
+    assert_eq!(BatchConfig { pad_multiple: 64, ..base }.seq_len(0), 64, "an empty review still gets T = 64");
 }
