@@ -132,7 +132,7 @@ fn emu_run_with_graphs_equals_direct_launches() {
     let data = setup::run_data(&loaded, &h, TruncatePolicy::Head, 7);
     let plain = setup::run_data(&loaded, &setup::Hyper { cuda_graphs: false, ..h.clone() }, TruncatePolicy::Head, 7);
     for (g, p) in (data.train)(1).iter().zip((plain.train)(1).iter()) {
-        assert_eq!(g.seq_len % setup::GRAPH_LEN_MULTIPLE, 0, "T rounded up to a multiple of 64");
+        assert_eq!(g.seq_len % setup::GRAPH_LEN_MULTIPLE, 0, "T rounded up to a multiple of GRAPH_LEN_MULTIPLE");
         assert!(g.seq_len >= p.seq_len && g.seq_len < p.seq_len + setup::GRAPH_LEN_MULTIPLE);
         assert_eq!((&g.lens, &g.labels), (&p.lens, &p.labels), "the same reviews in the same batches");
     }

@@ -189,5 +189,15 @@ pub fn report(ds: &Dataset, args: &Args) -> String {
         100.0 * fixed,
         100.0 * eval.padding_fraction()
     );
+    // what --cuda-graphs costs in padding: the same batches with T rounded up to GRAPH_LEN_MULTIPLE
+    let rounded = BatchPlan::train(&split.train, &BatchConfig { pad_multiple: crate::cli::setup::GRAPH_LEN_MULTIPLE, ..cfg }, args.seed, 0);
+    let shapes: std::collections::BTreeSet<_> = rounded.batches.iter().zip(&rounded.seq_lens).map(|(b, &t)| (b.len(), t)).collect();
+    let _ = writeln!(
+        o,
+        "with --cuda-graphs (T rounded up to a multiple of {}): length-bucketed train {:.1}%, {} batch shapes (B, T)",
+        crate::cli::setup::GRAPH_LEN_MULTIPLE,
+        100.0 * rounded.padding_fraction(),
+        shapes.len()
+    );
     o
 }
