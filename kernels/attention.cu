@@ -27,22 +27,30 @@
 
 __device__ __forceinline__ int att_stride(int HS) { return HS | 1; }  // odd row stride
 
+// The backward's view of q, k and v: as staged (mode 0, fp32), or rounded as the
+// tensor-core forward rounded them (1: tf32, 2: bf16), so the backward differentiates the
+// forward that ran (scores recomputed from the same operand values).
+__device__ __forceinline__ float att_operand(float x, int mode) {
+    return mode == 1 ? round_tf32(x) : mode == 2 ? round_bf16(x) : x;
+}
+
 // Stage rows [j0, j0 + ATT_CHUNK) of an HS-wide column block `base` (row stride `ld`) of
-// review b into dst[ATT_CHUNK][att_stride(HS)]; rows >= L become 0. Whole block calls it.
-__device__ __forceinline__ void att_stage(float* dst, const float* base, int j0, int L, int HS, int ld) {
+// review b into dst[ATT_CHUNK][att_stride(HS)]; rows >= L become 0; values through
+// att_operand(., mode). Whole block calls it.
+__device__ __forceinline__ void att_stage(float* dst, const float* base, int j0, int L, int HS, int ld, int mode = 0) {
     const int S = att_stride(HS);
     for (int idx = threadIdx.x; idx < ATT_CHUNK * HS; idx += blockDim.x) {
         const int jj = idx / HS, d = idx - jj * HS, j = j0 + jj;
-        dst[jj * S + d] = j < L ? base[(size_t)j * ld + d] : 0.0f;
+        dst[jj * S + d] = j < L ? att_operand(base[(size_t)j * ld + d], mode) : 0.0f;
     }
 }
 
 // Stage this block's ATT_WARPS rows (from row0) of `base` into dst[ATT_WARPS][HS]; rows
-// >= L become 0. Whole block calls it.
-__device__ __forceinline__ void att_stage_own(float* dst, const float* base, int row0, int L, int HS, int ld) {
+// >= L become 0; values through att_operand(., mode). Whole block calls it.
+__device__ __forceinline__ void att_stage_own(float* dst, const float* base, int row0, int L, int HS, int ld, int mode = 0) {
     for (int idx = threadIdx.x; idx < ATT_WARPS * HS; idx += blockDim.x) {
         const int r = idx / HS, d = idx - r * HS, row = row0 + r;
-        dst[idx] = row < L ? base[(size_t)row * ld + d] : 0.0f;
+        dst[idx] = row < L ? att_operand(base[(size_t)row * ld + d], mode) : 0.0f;
     }
 }
 
@@ -149,7 +157,8 @@ CUDAENC_REGISTER(attention_backward_delta)
 // dynamic shared (2*32*stride + 2*32 + 2*8*HS + 2*8*32) floats.
 extern "C" __global__ void attention_backward_dkv(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                   const float* __restrict__ qkv, const float* __restrict__ lse,
-                                                  const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+                                                  const unsigned* __restrict__ lens, int B, int T, int C, int NH,
+                                                  int mode) {
     CUDAENC_DYNAMIC_SHARED(float, smem);
     const int HS = C / NH, S = att_stride(HS), C3 = 3 * C;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -169,12 +178,12 @@ extern "C" __global__ void attention_backward_dkv(float* __restrict__ dqkv, cons
     const float* lse_bh = lse + ((size_t)b * NH + h) * T;
     const bool live = j < L;
 
-    att_stage_own(sk, qkv_b + C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
-    att_stage_own(sv, qkv_b + 2 * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
+    att_stage_own(sk, qkv_b + C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
+    att_stage_own(sv, qkv_b + 2 * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
     float dk[ATT_R], dv[ATT_R];
     for (int r = 0; r < ATT_R; r++) dk[r] = dv[r] = 0.0f;
     for (int i0 = 0; i0 < L; i0 += ATT_CHUNK) {
-        att_stage(sq, qkv_b + h * HS, i0, L, HS, C3);
+        att_stage(sq, qkv_b + h * HS, i0, L, HS, C3, mode);
         att_stage(sg, dout + (size_t)b * T * C + h * HS, i0, L, HS, C);
         if (threadIdx.x < ATT_CHUNK) {
             const int qi = i0 + threadIdx.x;
@@ -227,7 +236,8 @@ CUDAENC_REGISTER(attention_backward_dkv)
 // Grid (ceil(T/8), NH, B), block 256, dynamic shared (2*32*stride + 2*8*HS + 8*32) floats.
 extern "C" __global__ void attention_backward_dq(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                  const float* __restrict__ qkv, const float* __restrict__ lse,
-                                                 const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+                                                 const unsigned* __restrict__ lens, int B, int T, int C, int NH,
+                                                 int mode) {
     CUDAENC_DYNAMIC_SHARED(float, smem);
     const int HS = C / NH, S = att_stride(HS), C3 = 3 * C;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -246,13 +256,13 @@ extern "C" __global__ void attention_backward_dq(float* __restrict__ dqkv, const
     const float D = live ? dqkv[((size_t)b * T + i) * C3 + h * HS] : 0.0f;
     const float lse_i = live ? lse[((size_t)b * NH + h) * T + i] : 0.0f;
 
-    att_stage_own(sq, qkv_b + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
+    att_stage_own(sq, qkv_b + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
     att_stage_own(sg, dout + (size_t)b * T * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C);
     float dq[ATT_R];
     for (int r = 0; r < ATT_R; r++) dq[r] = 0.0f;
     for (int j0 = 0; j0 < L; j0 += ATT_CHUNK) {
-        att_stage(sk, qkv_b + C + h * HS, j0, L, HS, C3);
-        att_stage(sv, qkv_b + 2 * C + h * HS, j0, L, HS, C3);
+        att_stage(sk, qkv_b + C + h * HS, j0, L, HS, C3, mode);
+        att_stage(sv, qkv_b + 2 * C + h * HS, j0, L, HS, C3, mode);
         __syncthreads();
         const int n = min(ATT_CHUNK, L - j0);
         if (live) {
@@ -285,3 +295,197 @@ extern "C" __global__ void attention_backward_dq(float* __restrict__ dqkv, const
     }
 }
 CUDAENC_REGISTER(attention_backward_dq)
+
+// ---- tensor cores: the forward for --precision tf32 | bf16 ---------------------------
+// The same attention as attention_forward, with S = Q K^T and O = P V on the tensor cores
+// (mma.sync m16n8k8 tf32 or m16n8k16 bf16, f32 accumulators), flash-attention style:
+// one warp owns 16 queries, 4 warps a block (64 queries), keys and values staged in
+// chunks of 32 rows. q, k, v are rounded to the precision as they are staged (zero past
+// the head size, which is padded to the mma's k, and past L); p is rounded as it becomes
+// the A operand of P V, while the row sums l are taken over the unrounded p in f32 (as
+// flash attention does). Online softmax per query row: running max m and sum l, the
+// accumulator rescaled by exp(m_old - m_new). Row max and sum over the 4 lanes that share
+// a row go through two xor shuffles: commutative, so every lane holds the same bits.
+// Fixed orders throughout: bit-identical reruns. P goes to the A fragment layout through
+// a per-warp shared tile (the C and A layouts differ for tf32).
+// Grid (ceil(T/64), NH, B), block 128, dynamic shared (64*SP + 2*32*SP + 4*16*33) floats
+// with SP = HP + 1, HP = HS rounded up to 8 (tf32) or 16 (bf16).
+#define ATT_TC_WARPS 4
+#define ATT_TC_KC 32   // keys per staged chunk
+#define ATT_TC_PS 33   // row stride of the per-warp P tile
+
+template <bool BF16>
+__device__ __forceinline__ float att_tc_round(float x) {
+    return BF16 ? round_bf16(x) : round_tf32(x);
+}
+
+// A fragment (16 rows x the mma's k, from column k0) of a row-major tile `a` (stride ld),
+// rows 0..15 of the warp's tile; operands already rounded.
+template <bool BF16>
+__device__ __forceinline__ void att_tc_a(unsigned a[4], const float* t, int ld, int k0, int g, int t4) {
+    if (BF16) {
+        for (int r = 0; r < 4; r++) {
+            const int row = g + 8 * (r % 2), col = k0 + 2 * t4 + 8 * (r / 2);
+            a[r] = pack_bf16x2(t[row * ld + col], t[row * ld + col + 1]);
+        }
+    } else {
+        a[0] = __float_as_uint(t[g * ld + k0 + t4]);
+        a[1] = __float_as_uint(t[(g + 8) * ld + k0 + t4]);
+        a[2] = __float_as_uint(t[g * ld + k0 + t4 + 4]);
+        a[3] = __float_as_uint(t[(g + 8) * ld + k0 + t4 + 4]);
+    }
+}
+
+// B fragment (the mma's k x 8): element (k, n) = t[(k0 + k) * kstride + (n0 + n) * nstride].
+template <bool BF16>
+__device__ __forceinline__ void att_tc_b(unsigned b[2], const float* t, int kstride, int nstride, int k0, int n0, int g, int t4) {
+    const float* col = t + (n0 + g) * nstride;
+    if (BF16) {
+        for (int r = 0; r < 2; r++) {
+            const int k = k0 + 2 * t4 + 8 * r;
+            b[r] = pack_bf16x2(col[k * kstride], col[(k + 1) * kstride]);
+        }
+    } else {
+        b[0] = __float_as_uint(col[(k0 + t4) * kstride]);
+        b[1] = __float_as_uint(col[(k0 + t4 + 4) * kstride]);
+    }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void att_tc_mma(float d[4], const unsigned a[4], const unsigned b[2]) {
+    if (BF16) mma_m16n8k16_bf16(d, a, b);
+    else mma_m16n8k8_tf32(d, a, b);
+}
+
+template <bool BF16>
+__device__ __forceinline__ void attention_forward_tc(float* __restrict__ out, float* __restrict__ lse,
+                                                     const float* __restrict__ qkv, const unsigned* __restrict__ lens,
+                                                     int B, int T, int C, int NH) {
+    CUDAENC_DYNAMIC_SHARED(float, smem);
+    constexpr int KS = BF16 ? 16 : 8;  // the mma's k
+    const int HS = C / NH, HP = (HS + KS - 1) / KS * KS, SP = HP + 1, C3 = 3 * C;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t4 = lane & 3;
+    const int q0 = blockIdx.x * (ATT_TC_WARPS * 16);  // the block's first query
+    const int L = min((int)lens[b], T);               // block-uniform
+    float* sq = smem;                                  // [64][SP] the block's queries
+    float* sk = sq + ATT_TC_WARPS * 16 * SP;           // [32][SP] key chunk
+    float* sv = sk + ATT_TC_KC * SP;                   // [32][SP] value chunk
+    float* sp = sv + ATT_TC_KC * SP;                   // [4][16][ATT_TC_PS] each warp's p
+    const float scale = 1.0f / sqrtf((float)HS);
+    const float* qkv_b = qkv + (size_t)b * T * C3;
+    for (int idx = threadIdx.x; idx < ATT_TC_WARPS * 16 * HP; idx += blockDim.x) {
+        const int r = idx / HP, d = idx - r * HP, i = q0 + r;
+        sq[r * SP + d] = i < L && d < HS ? att_tc_round<BF16>(qkv_b[(size_t)i * C3 + h * HS + d]) : 0.0f;
+    }
+    const float* qw = sq + w * 16 * SP;
+    float* pw = sp + w * 16 * ATT_TC_PS;
+    const int NT = HP / 8;                              // 8-column tiles of the output
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g and g + 8
+    float acc[ATT_MAX_HS / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+        for (int e = 0; e < 4; e++) acc[dt][e] = 0.0f;
+    for (int j0 = 0; j0 < L; j0 += ATT_TC_KC) {
+        for (int idx = threadIdx.x; idx < ATT_TC_KC * HP; idx += blockDim.x) {
+            const int jj = idx / HP, d = idx - jj * HP, j = j0 + jj;
+            const bool in = j < L && d < HS;
+            sk[jj * SP + d] = in ? att_tc_round<BF16>(qkv_b[(size_t)j * C3 + C + h * HS + d]) : 0.0f;
+            sv[jj * SP + d] = in ? att_tc_round<BF16>(qkv_b[(size_t)j * C3 + 2 * C + h * HS + d]) : 0.0f;
+        }
+        __syncthreads();  // (also: the queries are staged)
+        // S (16 x 32) = Q K^T: four 8-key tiles; lane holds rows g, g+8, keys 2t4, 2t4+1
+        float s[4][4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
+            for (int k0 = 0; k0 < HP; k0 += KS) {
+                unsigned a[4], bb[2];
+                att_tc_a<BF16>(a, qw, SP, k0, g, t4);
+                att_tc_b<BF16>(bb, sk, 1, SP, k0, nt * 8, g, t4);  // (k = d, n = key) = sk[key][d]
+                att_tc_mma<BF16>(s[nt], a, bb);
+            }
+        }
+        float rmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++) {
+                const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                const float v = j < L ? s[nt][e] * scale : -INFINITY;
+                s[nt][e] = v;
+                rmax[e >> 1] = fmaxf(rmax[e >> 1], v);
+            }
+        float corr[2], rsum[2] = {0.0f, 0.0f};
+        for (int r = 0; r < 2; r++) {
+            rmax[r] = fmaxf(rmax[r], __shfl_xor_sync(CUDAENC_FULL_MASK, rmax[r], 1));
+            rmax[r] = fmaxf(rmax[r], __shfl_xor_sync(CUDAENC_FULL_MASK, rmax[r], 2));
+            const float m_new = fmaxf(m[r], rmax[r]);  // finite: key j0 is valid
+            corr[r] = expf(m[r] - m_new);                // 0 on the first chunk
+            m[r] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = expf(s[nt][e] - m[e >> 1]);  // p; 0 for masked keys
+                rsum[e >> 1] += s[nt][e];
+            }
+        for (int r = 0; r < 2; r++) {
+            rsum[r] += __shfl_xor_sync(CUDAENC_FULL_MASK, rsum[r], 1);
+            rsum[r] += __shfl_xor_sync(CUDAENC_FULL_MASK, rsum[r], 2);
+            l[r] = l[r] * corr[r] + rsum[r];
+        }
+        // the p tile, after the shuffles: only the __syncwarp below orders it before the reads
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++)
+                pw[(g + 8 * (e >> 1)) * ATT_TC_PS + nt * 8 + 2 * t4 + (e & 1)] = att_tc_round<BF16>(s[nt][e]);
+#pragma unroll
+        for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+            if (dt < NT)
+                for (int e = 0; e < 4; e++) acc[dt][e] *= corr[e >> 1];
+        __syncwarp(CUDAENC_FULL_MASK);  // the warp's p tile is written
+        // O (16 x HP) += P (16 x 32) V (32 x HP)
+        for (int k0 = 0; k0 < ATT_TC_KC; k0 += KS) {
+            unsigned a[4];
+            att_tc_a<BF16>(a, pw, ATT_TC_PS, k0, g, t4);
+#pragma unroll
+            for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+                if (dt < NT) {
+                    unsigned bb[2];
+                    att_tc_b<BF16>(bb, sv, SP, 1, k0, dt * 8, g, t4);  // (k = key, n = d) = sv[key][d]
+                    att_tc_mma<BF16>(acc[dt], a, bb);
+                }
+        }
+        __syncthreads();  // the chunk and the p tiles are read; the next chunk overwrites them
+    }
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + w * 16 + g + 8 * r;
+        if (i >= T) continue;
+        const bool live = i < L;
+        const float inv = live ? 1.0f / l[r] : 0.0f;  // l >= 1 (the max term is exp(0))
+        float* o = out + ((size_t)b * T + i) * C + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+            for (int e = 0; e < 2; e++) {
+                const int d = dt * 8 + 2 * t4 + e;
+                if (dt < NT && d < HS) o[d] = acc[dt][2 * r + e] * inv;  // 0 for padded queries
+            }
+        if (t4 == 0) lse[((size_t)b * NH + h) * T + i] = live ? m[r] + logf(l[r]) : 0.0f;
+    }
+}
+
+// out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C), lens (B): TF32 inputs (see above).
+extern "C" __global__ void attention_forward_tf32(float* __restrict__ out, float* __restrict__ lse,
+                                                  const float* __restrict__ qkv, const unsigned* __restrict__ lens,
+                                                  int B, int T, int C, int NH) {
+    attention_forward_tc<false>(out, lse, qkv, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_forward_tf32)
+
+// out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C), lens (B): bf16 inputs (see above).
+extern "C" __global__ void attention_forward_bf16(float* __restrict__ out, float* __restrict__ lse,
+                                                  const float* __restrict__ qkv, const unsigned* __restrict__ lens,
+                                                  int B, int T, int C, int NH) {
+    attention_forward_tc<true>(out, lse, qkv, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_forward_bf16)

@@ -110,6 +110,9 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("residual_layernorm_bwd unfused", |g, s| residual_layernorm_backward(g, s, false)),
         ("attention_forward", |g, s| attention_forward(g, s.b, s.t, s.c, s.nh)),
         ("attention_forward long", |g, s| attention_forward(g, s.long().0, s.long().1, s.c, s.nh)),
+        ("attention_forward tf32", |g, s| attention_forward_prec(g, s.b, s.t, s.c, s.nh, ops::matmul::Precision::Tf32)),
+        ("attention_forward bf16", |g, s| attention_forward_prec(g, s.b, s.t, s.c, s.nh, ops::matmul::Precision::Bf16)),
+        ("attention_forward bf16 long", |g, s| attention_forward_prec(g, s.long().0, s.long().1, s.c, s.nh, ops::matmul::Precision::Bf16)),
         ("attention_backward", |g, s| attention_backward(g, s.b, s.t, s.c, s.nh)),
         ("attention_backward long", |g, s| attention_backward(g, s.long().0, s.long().1, s.c, s.nh)),
         ("meanpool_forward", meanpool_forward),
@@ -413,6 +416,15 @@ fn attention_forward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Resu
         na: false,
         run: Box::new(move |g| ops::attention::attention_forward(g, &out, &lse, &qkv, &lens, b, t, c, nh)),
     })
+}
+
+/// The tensor-core forward (`--precision tf32|bf16`), same work and bytes as the fp32 row.
+fn attention_forward_prec(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize, prec: ops::matmul::Precision) -> Result<Case> {
+    let mut case = attention_forward(gpu, b, t, c, nh)?;
+    let (qkv, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, full_lens(gpu, b, t)?);
+    let (out, lse) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?);
+    case.run = Box::new(move |g| ops::attention::attention_forward_prec(g, prec, &out, &lse, &qkv, &lens, b, t, c, nh));
+    Ok(case)
 }
 
 fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {

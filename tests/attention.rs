@@ -29,6 +29,8 @@ use cudaenc::rng::SplitMix64;
 const TOL_LSE: f64 = 1e-5;
 const TOL_OUT: f64 = 5e-5;
 const TOL_BWD: f64 = 1e-4;
+/// The tensor-core backward's tolerance in units of the precision's u (see the test).
+const TOL_TC_BWD: f64 = 40.0;
 
 struct Shape {
     b: usize,
@@ -175,4 +177,83 @@ fn attention_rejects_wrong_shapes() {
     let wide = gpu.zeros::<f32>(3 * 129).unwrap();
     let r = attention_forward(&gpu, &gpu.zeros::<f32>(129).unwrap(), &gpu.zeros::<f32>(1).unwrap(), &wide, &lens, 1, 1, 129, 1);
     assert!(format!("{:#}", r.expect_err("head too wide")).contains("head size 129"));
+}
+
+/// The tensor-core forward (`--precision tf32|bf16`: `attention_forward_tf32` / `_bf16`
+/// through `attention_forward_prec`) against the f64 reference on the same inputs rounded
+/// to the precision (the rounding of q, k and v is the precision's, not the kernel's
+/// error), at every shape above (head sizes 1 to 128 padded to the mma's k, T not a
+/// multiple of the 64-query block or 32-key chunk, length 0 and 1). What is left is the
+/// rounding of each p before P V (at most u = 2^-11 of p in tf32, 2^-9 in bf16) and f32
+/// accumulation: out_i = sum_j p_ij v_j / l_i is a convex combination of the v_j, so its
+/// error is at most u max|v| (absolute, every element; the test's bound), and
+/// lse (taken over the unrounded p) 1e-5 relative. Padded rows exactly 0, reruns
+/// bit-identical; both fiber orders on emu. (The default relative check with its floor of
+/// 1% of the largest |out| is the wrong yardstick here: out is ~T^-1/2 the size of v.)
+#[test]
+fn attention_tensor_core_forward_matches_rounded_reference() {
+    use cudaenc::ops::attention::{attention_backward_prec, attention_forward_prec};
+    use cudaenc::ops::matmul::{round_bf16, round_tf32, Precision};
+    let mut failures = Vec::new();
+    for gpu in devices("attention tensor cores") {
+        for prec in [Precision::Tf32, Precision::Bf16] {
+            let (round, u): (fn(f32) -> f32, f64) = match prec {
+                Precision::Tf32 => (round_tf32, 2f64.powi(-11)),
+                _ => (round_bf16, 2f64.powi(-9)),
+            };
+            for s in small_if_asked("attention tc", SHAPES, |s| s.b * s.t * s.t * s.c, 4_000_000) {
+                let (b, t, c, nh) = (s.b, s.t, s.c, s.nh);
+                let dev = format!("{} {prec}", gpu.name());
+                let mut rng = SplitMix64::new(7919 * t as u64 + 31 * c as u64 + b as u64);
+                let qkv = to_f32(&rng.normal_vec(b * t * 3 * c, 1.0));
+                let rounded: Vec<f32> = qkv.iter().map(|&x| round(x)).collect();
+                let (mut out_r, mut lse_r) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+                reference::attention_forward(&mut out_r, &mut lse_r, &to_f64(&rounded), s.lens, b, t, c, nh);
+                let dout = to_f32(&rng.normal_vec(b * t * c, 1.0));
+                let mut dqkv_r = vec![0.0; b * t * 3 * c];
+                reference::attention_backward(&mut dqkv_r, &to_f64(&dout), &to_f64(&rounded), &out_r, &lse_r, s.lens, b, t, c, nh);
+                // the forward, then its backward (attention_backward_prec) from the forward's out and lse
+                let run = || -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+                    let (d_qkv, d_lens, d_dout) = (gpu.upload(&qkv)?, gpu.upload(s.lens)?, gpu.upload(&dout)?);
+                    let (d_out, d_lse) = (gpu.upload(&vec![f32::NAN; b * t * c])?, gpu.upload(&vec![f32::NAN; b * nh * t])?);
+                    let d_dqkv = gpu.upload(&vec![f32::NAN; b * t * 3 * c])?;
+                    attention_forward_prec(&gpu, prec, &d_out, &d_lse, &d_qkv, &d_lens, b, t, c, nh)?;
+                    attention_backward_prec(&gpu, prec, &d_dqkv, &d_dout, &d_qkv, &d_out, &d_lse, &d_lens, b, t, c, nh)?;
+                    Ok((gpu.download(&d_out)?, gpu.download(&d_lse)?, gpu.download(&d_dqkv)?))
+                };
+                let (out, lse, dqkv) = match (run(), run()) {
+                    (Ok(a), Ok(again)) => {
+                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        if bits(&a.0) != bits(&again.0) || bits(&a.1) != bits(&again.1) || bits(&a.2) != bits(&again.2) {
+                            failures.push(format!("{dev} B={b} T={t} C={c}: forward or backward differs on rerun"));
+                        }
+                        a
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        failures.push(format!("{dev} B={b} T={t} C={c}: {e:#}"));
+                        continue;
+                    }
+                };
+                let vmax = (0..b * t).flat_map(|r| rounded[r * 3 * c + 2 * c..(r + 1) * 3 * c].iter()).fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+                let (worst, at) = out.iter().zip(&out_r).enumerate().fold((0.0f64, 0), |(w, at), (i, (&g, &r))| {
+                    let e = if g.is_nan() { f64::INFINITY } else { (g as f64 - r).abs() };
+                    if e > w { (e, i) } else { (w, at) }
+                });
+                let tol = u * vmax;
+                println!("  {dev:<16} B={b} T={t:<3} C={c:<3} NH={nh} out   max abs err {worst:.2e} = {:.2} u max|v| (tol 1; at {at})", worst / (u * vmax.max(1e-30)));
+                if worst > tol {
+                    failures.push(format!("{dev} B={b} T={t} C={c} NH={nh}: out max abs err {worst:.2e} > u max|v| = {tol:.2e}"));
+                }
+                failures.extend(check("lse", &dev, s, &lse, &lse_r, TOL_LSE));
+                failures.extend(check("dqkv", &dev, s, &dqkv, &dqkv_r, TOL_TC_BWD * u));
+                for bi in 0..b {
+                    let len = (s.lens[bi] as usize).min(t);
+                    if out[(bi * t + len) * c..(bi + 1) * t * c].iter().any(|&x| x != 0.0) {
+                        failures.push(format!("{dev} B={b} T={t} C={c}: padded rows of review {bi} not exactly 0"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "tensor-core attention failures:\n{}", failures.join("\n"));
 }

@@ -17,7 +17,7 @@ use crate::device::{Buf, Gpu, Staging, StepGraph, View};
 use crate::model::params::{idx, init_params, ParamLayout};
 use crate::model::Batch;
 use crate::ops::adamw::{adamw_schedule, adamw_table, adamw_update_tensors};
-use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::attention::{attention_backward_prec, attention_forward_prec};
 use crate::ops::embedding::{embedding_backward, embedding_dropout_forward, embedding_order_parts};
 use crate::ops::gelu::{gelu_backward, gelu_forward};
 use crate::ops::gradnorm::{global_norm, GLOBAL_NORM_MAX_BLOCKS};
@@ -405,7 +405,7 @@ impl GpuModel {
             let qkv = layer(&a.qkv, l, n3c); //                                      (B,T,3C)
             matmul_forward_prec(gpu, self.cfg.precision, &qkv, &ln1, &self.pl(w, idx::QKV_W, l), Some(&self.pl(w, idx::QKV_B, l)), n, c, 3 * c)?;
             let atty = layer(&a.atty, l, nc); //                                     (B,T,C)
-            attention_forward(gpu, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
+            attention_forward_prec(gpu, self.cfg.precision, &atty, &layer(&a.lse, l, nlse), &qkv, &lens, b, t, c, nh)?;
             matmul_forward_prec(gpu, self.cfg.precision, &branch, &atty, &self.pl(w, idx::ATTN_PROJ_W, l), Some(&self.pl(w, idx::ATTN_PROJ_B, l)), n, c, c)?;
             let (res_attn, ln2) = (layer(&a.res_attn, l, nc), layer(&a.ln2, l, nc)); // (B,T,C)
             // res_attn = x + dropout(branch), ln2 = layernorm(res_attn)
@@ -482,7 +482,7 @@ impl GpuModel {
             // res_attn = x + dropout(y): dy = dropout'(dres) into dbranch
             residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN2_W, l), &self.pl(g, idx::LN2_B, l), ws, &dln, &layer(&a.res_attn, l, nc), &self.pl(w, idx::LN2_W, l), &layer(&a.ln2_mean, l, n), &layer(&a.ln2_rstd, l, n), &seed(1 + 2 * l), p, n, c)?;
             matmul_backward_prec(gpu, self.cfg.precision, &datty, &self.pl(g, idx::ATTN_PROJ_W, l), Some(&self.pl(g, idx::ATTN_PROJ_B, l)), ws, &dbranch, &layer(&a.atty, l, nc), &self.pl(w, idx::ATTN_PROJ_W, l), n, c, c)?;
-            attention_backward(gpu, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
+            attention_backward_prec(gpu, self.cfg.precision, &dqkv, &datty, &layer(&a.qkv, l, n3c), &layer(&a.atty, l, nc), &layer(&a.lse, l, nlse), &lens, b, t, c, nh)?; // (B,T,3C)
             matmul_backward_prec(gpu, self.cfg.precision, &dln, &self.pl(g, idx::QKV_W, l), Some(&self.pl(g, idx::QKV_B, l)), ws, &dqkv, &layer(&a.ln1, l, nc), &self.pl(w, idx::QKV_W, l), n, c, 3 * c)?;
             residual_layernorm_backward(gpu, &dres, &dbranch, &self.pl(g, idx::LN1_W, l), &self.pl(g, idx::LN1_B, l), ws, &dln, &x, &self.pl(w, idx::LN1_W, l), &layer(&a.ln1_mean, l, n), &layer(&a.ln1_rstd, l, n), &before(l), p, n, c)?;
         }

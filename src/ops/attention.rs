@@ -1,6 +1,7 @@
 //! Launchers for `kernels/attention.cu`; reference: `crate::reference::attention`.
 
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
+use crate::ops::matmul::Precision;
 use anyhow::{ensure, Result};
 
 /// Warps (= queries or keys) per block, rows per staged chunk, largest head size: as in
@@ -57,12 +58,76 @@ pub fn attention_forward(
     gpu.launch("attention_forward", grid, (WARPS * 32) as u32, shared, &args)
 }
 
+/// Queries per block of the tensor-core forward (4 warps of 16), keys per staged chunk
+/// and the stride of its per-warp p tile: as `kernels/attention.cu` (ATT_TC_*).
+const TC_QUERIES: usize = 64;
+const TC_KC: usize = 32;
+const TC_PS: usize = 33;
+
+/// [`attention_forward`] in a precision: fp32 is that kernel; tf32 and bf16 compute
+/// S = Q K^T and O = P V on the tensor cores (`attention_forward_tf32` / `_bf16`: q, k,
+/// v and p rounded to the precision, f32 accumulation, softmax statistics in f32), the
+/// same outputs to the precision's rounding. Deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_prec(
+    gpu: &Gpu,
+    prec: Precision,
+    out: &impl DeviceSlice<f32>,
+    lse: &impl DeviceSlice<f32>,
+    qkv: &impl DeviceSlice<f32>,
+    lens: &impl DeviceSlice<u32>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
+    let name = match prec {
+        Precision::Fp32 => return attention_forward(gpu, out, lse, qkv, lens, b, t, c, nh),
+        Precision::Tf32 => "attention_forward_tf32",
+        Precision::Bf16 => "attention_forward_bf16",
+    };
+    let hs = check_shapes(name, qkv.len(), lse.len(), lens.len(), b, t, c, nh)?;
+    ensure!(out.len() == b * t * c, "{name}: out must be B*T*C = {}", b * t * c);
+    if b == 0 || t == 0 || c == 0 {
+        return Ok(());
+    }
+    let k = if prec == Precision::Bf16 { 16 } else { 8 };
+    let sp = ceil_div(hs, k) * k + 1;
+    // at HS = 128: about 74 KiB in bf16 (the cuda launcher opts in above 48 KiB)
+    let shared = shared_bytes(TC_QUERIES * sp + 2 * TC_KC * sp + TC_QUERIES * TC_PS);
+    let grid = (ceil_div(t, TC_QUERIES) as u32, nh as u32, b as u32);
+    let args: [Arg; 8] = [out.arg(), lse.arg(), qkv.arg(), lens.arg(), b.into(), t.into(), c.into(), nh.into()];
+    gpu.launch(name, grid, (TC_QUERIES / 16 * 32) as u32, shared, &args)
+}
+
 /// dqkv (B,T,3C)  <-  dout (B,T,C), qkv (B,T,3C), out (B,T,C) and lse (B,NH,T) of the
 /// forward, lens (B). Overwrites dqkv (padded positions get 0). Three launches (delta,
 /// dk/dv, dq), no atomics: bit-identical on reruns.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     gpu: &Gpu,
+    dqkv: &impl DeviceSlice<f32>,
+    dout: &impl DeviceSlice<f32>,
+    qkv: &impl DeviceSlice<f32>,
+    out: &impl DeviceSlice<f32>,
+    lse: &impl DeviceSlice<f32>,
+    lens: &impl DeviceSlice<u32>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
+    attention_backward_prec(gpu, Precision::Fp32, dqkv, dout, qkv, out, lse, lens, b, t, c, nh)
+}
+
+/// The backward of [`attention_forward_prec`]: the same three kernels (f32 SIMT), with q, k
+/// and v read as the tensor-core forward rounded them (tf32 / bf16; fp32: as they are),
+/// so the scores and probabilities it recomputes are the forward's (the operands' rounding
+/// passed straight through, as for the linear layers).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_prec(
+    gpu: &Gpu,
+    prec: Precision,
     dqkv: &impl DeviceSlice<f32>,
     dout: &impl DeviceSlice<f32>,
     qkv: &impl DeviceSlice<f32>,
@@ -88,8 +153,13 @@ pub fn attention_backward(
     let block = (WARPS * 32) as u32;
     let sizes: [Arg; 4] = [b.into(), t.into(), c.into(), nh.into()];
     let delta: [Arg; 8] = [dqkv.arg(), dout.arg(), out.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
-    let args: [Arg; 9] =
-        [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
+    let mode: i32 = match prec {
+        Precision::Fp32 => 0,
+        Precision::Tf32 => 1,
+        Precision::Bf16 => 2,
+    };
+    let args: [Arg; 10] =
+        [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3], mode.into()];
     gpu.launch("attention_backward_delta", grid, block, 0, &delta)?;
     gpu.launch("attention_backward_dkv", grid, block, shared_dkv, &args)?;
     gpu.launch("attention_backward_dq", grid, block, shared_dq, &args)
