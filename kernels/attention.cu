@@ -27,30 +27,22 @@
 
 __device__ __forceinline__ int att_stride(int HS) { return HS | 1; }  // odd row stride
 
-// The backward's view of q, k and v: as staged (mode 0, fp32), or rounded as the
-// tensor-core forward rounded them (1: tf32, 2: bf16), so the backward differentiates the
-// forward that ran (scores recomputed from the same operand values).
-__device__ __forceinline__ float att_operand(float x, int mode) {
-    return mode == 1 ? round_tf32(x) : mode == 2 ? round_bf16(x) : x;
-}
-
 // Stage rows [j0, j0 + ATT_CHUNK) of an HS-wide column block `base` (row stride `ld`) of
-// review b into dst[ATT_CHUNK][att_stride(HS)]; rows >= L become 0; values through
-// att_operand(., mode). Whole block calls it.
-__device__ __forceinline__ void att_stage(float* dst, const float* base, int j0, int L, int HS, int ld, int mode = 0) {
+// review b into dst[ATT_CHUNK][att_stride(HS)]; rows >= L become 0. Whole block calls it.
+__device__ __forceinline__ void att_stage(float* dst, const float* base, int j0, int L, int HS, int ld) {
     const int S = att_stride(HS);
     for (int idx = threadIdx.x; idx < ATT_CHUNK * HS; idx += blockDim.x) {
         const int jj = idx / HS, d = idx - jj * HS, j = j0 + jj;
-        dst[jj * S + d] = j < L ? att_operand(base[(size_t)j * ld + d], mode) : 0.0f;
+        dst[jj * S + d] = j < L ? base[(size_t)j * ld + d] : 0.0f;
     }
 }
 
 // Stage this block's ATT_WARPS rows (from row0) of `base` into dst[ATT_WARPS][HS]; rows
-// >= L become 0; values through att_operand(., mode). Whole block calls it.
-__device__ __forceinline__ void att_stage_own(float* dst, const float* base, int row0, int L, int HS, int ld, int mode = 0) {
+// >= L become 0. Whole block calls it.
+__device__ __forceinline__ void att_stage_own(float* dst, const float* base, int row0, int L, int HS, int ld) {
     for (int idx = threadIdx.x; idx < ATT_WARPS * HS; idx += blockDim.x) {
         const int r = idx / HS, d = idx - r * HS, row = row0 + r;
-        dst[idx] = row < L ? att_operand(base[(size_t)row * ld + d], mode) : 0.0f;
+        dst[idx] = row < L ? base[(size_t)row * ld + d] : 0.0f;
     }
 }
 
@@ -135,9 +127,11 @@ CUDAENC_REGISTER(attention_forward)
 // (padded rows get 0), as in the reference.
 
 // Grid (ceil(T/8), NH, B), block 256, no shared memory.
+// mode 0: dout as it is (the f32 backward); 1 / 2: dout rounded to tf32 / bf16 as the
+// tensor-core backward stages it, so D is taken over the same dout as its dP.
 extern "C" __global__ void attention_backward_delta(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                     const float* __restrict__ out, const unsigned* __restrict__ lens,
-                                                    int B, int T, int C, int NH) {
+                                                    int B, int T, int C, int NH, int mode) {
     const int HS = C / NH, C3 = 3 * C;
     const int b = blockIdx.z, h = blockIdx.y;
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -147,7 +141,10 @@ extern "C" __global__ void attention_backward_delta(float* __restrict__ dqkv, co
     const float* g = dout + ((size_t)b * T + i) * C + h * HS;
     const float* o = out + ((size_t)b * T + i) * C + h * HS;
     float part = 0.0f;
-    for (int d = lane; d < HS; d += 32) part += g[d] * o[d];
+    for (int d = lane; d < HS; d += 32) {
+        const float gd = mode == 1 ? round_tf32(g[d]) : mode == 2 ? round_bf16(g[d]) : g[d];
+        part += gd * o[d];
+    }
     const float D = warp_reduce_sum(part);
     if (lane == 0) dqkv[((size_t)b * T + i) * C3 + h * HS] = D;
 }
@@ -157,8 +154,7 @@ CUDAENC_REGISTER(attention_backward_delta)
 // dynamic shared (2*32*stride + 2*32 + 2*8*HS + 2*8*32) floats.
 extern "C" __global__ void attention_backward_dkv(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                   const float* __restrict__ qkv, const float* __restrict__ lse,
-                                                  const unsigned* __restrict__ lens, int B, int T, int C, int NH,
-                                                  int mode) {
+                                                  const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
     CUDAENC_DYNAMIC_SHARED(float, smem);
     const int HS = C / NH, S = att_stride(HS), C3 = 3 * C;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -178,12 +174,12 @@ extern "C" __global__ void attention_backward_dkv(float* __restrict__ dqkv, cons
     const float* lse_bh = lse + ((size_t)b * NH + h) * T;
     const bool live = j < L;
 
-    att_stage_own(sk, qkv_b + C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
-    att_stage_own(sv, qkv_b + 2 * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
+    att_stage_own(sk, qkv_b + C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
+    att_stage_own(sv, qkv_b + 2 * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
     float dk[ATT_R], dv[ATT_R];
     for (int r = 0; r < ATT_R; r++) dk[r] = dv[r] = 0.0f;
     for (int i0 = 0; i0 < L; i0 += ATT_CHUNK) {
-        att_stage(sq, qkv_b + h * HS, i0, L, HS, C3, mode);
+        att_stage(sq, qkv_b + h * HS, i0, L, HS, C3);
         att_stage(sg, dout + (size_t)b * T * C + h * HS, i0, L, HS, C);
         if (threadIdx.x < ATT_CHUNK) {
             const int qi = i0 + threadIdx.x;
@@ -236,8 +232,7 @@ CUDAENC_REGISTER(attention_backward_dkv)
 // Grid (ceil(T/8), NH, B), block 256, dynamic shared (2*32*stride + 2*8*HS + 8*32) floats.
 extern "C" __global__ void attention_backward_dq(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                  const float* __restrict__ qkv, const float* __restrict__ lse,
-                                                 const unsigned* __restrict__ lens, int B, int T, int C, int NH,
-                                                 int mode) {
+                                                 const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
     CUDAENC_DYNAMIC_SHARED(float, smem);
     const int HS = C / NH, S = att_stride(HS), C3 = 3 * C;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -256,13 +251,13 @@ extern "C" __global__ void attention_backward_dq(float* __restrict__ dqkv, const
     const float D = live ? dqkv[((size_t)b * T + i) * C3 + h * HS] : 0.0f;
     const float lse_i = live ? lse[((size_t)b * NH + h) * T + i] : 0.0f;
 
-    att_stage_own(sq, qkv_b + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3, mode);
+    att_stage_own(sq, qkv_b + h * HS, blockIdx.x * ATT_WARPS, L, HS, C3);
     att_stage_own(sg, dout + (size_t)b * T * C + h * HS, blockIdx.x * ATT_WARPS, L, HS, C);
     float dq[ATT_R];
     for (int r = 0; r < ATT_R; r++) dq[r] = 0.0f;
     for (int j0 = 0; j0 < L; j0 += ATT_CHUNK) {
-        att_stage(sk, qkv_b + C + h * HS, j0, L, HS, C3, mode);
-        att_stage(sv, qkv_b + 2 * C + h * HS, j0, L, HS, C3, mode);
+        att_stage(sk, qkv_b + C + h * HS, j0, L, HS, C3);
+        att_stage(sv, qkv_b + 2 * C + h * HS, j0, L, HS, C3);
         __syncthreads();
         const int n = min(ATT_CHUNK, L - j0);
         if (live) {
@@ -489,3 +484,230 @@ extern "C" __global__ void attention_forward_bf16(float* __restrict__ out, float
     attention_forward_tc<true>(out, lse, qkv, lens, B, T, C, NH);
 }
 CUDAENC_REGISTER(attention_forward_bf16)
+
+// ---- tensor cores: the backward ------------------------------------------------------
+// The backward of attention_forward_tc on the tensor cores, after attention_backward_delta
+// (D_i = dout_i . out_i in f32, parked in the dq slot of row i): two kernels like the f32
+// ones, one pass each in a fixed order, no atomics.
+//   attention_backward_dkv_tc: a warp owns 16 keys; over chunks of 32 queries:
+//     S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T,
+//     dS^T = P^T (dP^T - D) scale, dK += dS^T Q;
+//   attention_backward_dq_tc: a warp owns 16 queries; over chunks of 32 keys:
+//     S = Q K^T, P = exp(S scale - lse), dP = dO V^T, dS = P (dP - D) scale, dQ += dS K.
+// q, k, v and dout are rounded to the precision as staged, P^T and dS (the A operands
+// built in the kernel) as they go through the per-warp shared tile; everything else f32.
+// Grid (ceil(T/64), NH, B), block 128.
+
+// Rows [row0, row0 + rows) of an HS-wide column block `base` (row stride ld), rounded, into
+// dst[rows][SP] with columns HS..HP-1 zero and rows >= L zero. Whole block calls it.
+template <bool BF16>
+__device__ __forceinline__ void att_tc_stage(float* dst, const float* base, int row0, int rows, int L, int HS, int HP,
+                                             int SP, int ld) {
+    for (int idx = threadIdx.x; idx < rows * HP; idx += blockDim.x) {
+        const int r = idx / HP, d = idx - r * HP, row = row0 + r;
+        dst[r * SP + d] = row < L && d < HS ? att_tc_round<BF16>(base[(size_t)row * ld + d]) : 0.0f;
+    }
+}
+
+// acc[nt] (16 x 32 as four 8-column tiles) = A rows (the warp's 16 x HP tile `a`, stride
+// SP) times B^T where B is the 32 x HP tile `bt` (stride SP): (A B^T)[r][c] = a_r . bt_c.
+template <bool BF16>
+__device__ __forceinline__ void att_tc_abt(float acc[4][4], const float* a, const float* bt, int HP, int SP, int g, int t4) {
+    constexpr int KS = BF16 ? 16 : 8;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+        for (int k0 = 0; k0 < HP; k0 += KS) {
+            unsigned fa[4], fb[2];
+            att_tc_a<BF16>(fa, a, SP, k0, g, t4);
+            att_tc_b<BF16>(fb, bt, 1, SP, k0, nt * 8, g, t4);
+            att_tc_mma<BF16>(acc[nt], fa, fb);
+        }
+    }
+}
+
+// out[dt] (16 x HP as 8-column tiles) += the warp's 16 x 32 tile `p` (stride ATT_TC_PS)
+// times the 32 x HP tile `m` (stride SP).
+template <bool BF16>
+__device__ __forceinline__ void att_tc_pm(float out[ATT_MAX_HS / 8][4], const float* p, const float* m, int NT, int SP, int g, int t4) {
+    constexpr int KS = BF16 ? 16 : 8;
+    for (int k0 = 0; k0 < ATT_TC_KC; k0 += KS) {
+        unsigned fa[4];
+        att_tc_a<BF16>(fa, p, ATT_TC_PS, k0, g, t4);
+#pragma unroll
+        for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+            if (dt < NT) {
+                unsigned fb[2];
+                att_tc_b<BF16>(fb, m, SP, 1, k0, dt * 8, g, t4);
+                att_tc_mma<BF16>(out[dt], fa, fb);
+            }
+    }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void attention_backward_dq_tc(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                         const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                         const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    CUDAENC_DYNAMIC_SHARED(float, smem);
+    constexpr int KS = BF16 ? 16 : 8;
+    const int HS = C / NH, HP = (HS + KS - 1) / KS * KS, SP = HP + 1, C3 = 3 * C, NT = HP / 8;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t4 = lane & 3;
+    const int q0 = blockIdx.x * (ATT_TC_WARPS * 16);
+    const int L = min((int)lens[b], T);
+    float* sq = smem;                                  // [64][SP] the block's queries
+    float* sg = sq + ATT_TC_WARPS * 16 * SP;           // [64][SP] their dout
+    float* sk = sg + ATT_TC_WARPS * 16 * SP;           // [32][SP] key chunk
+    float* sv = sk + ATT_TC_KC * SP;                   // [32][SP] value chunk
+    float* st = sv + ATT_TC_KC * SP;                   // [4][16][ATT_TC_PS] each warp's dS
+    const float scale = 1.0f / sqrtf((float)HS);
+    const float* qkv_b = qkv + (size_t)b * T * C3;
+    att_tc_stage<BF16>(sq, qkv_b + h * HS, q0, ATT_TC_WARPS * 16, L, HS, HP, SP, C3);
+    att_tc_stage<BF16>(sg, dout + (size_t)b * T * C + h * HS, q0, ATT_TC_WARPS * 16, L, HS, HP, SP, C);
+    const float* qw = sq + w * 16 * SP;
+    const float* gw = sg + w * 16 * SP;
+    float* tw = st + w * 16 * ATT_TC_PS;
+    float lrow[2], drow[2];  // lse and D of rows g, g + 8 (read before dq overwrites D)
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + w * 16 + g + 8 * r;
+        lrow[r] = i < L ? lse[((size_t)b * NH + h) * T + i] : 0.0f;
+        drow[r] = i < L ? dqkv[((size_t)b * T + i) * C3 + h * HS] : 0.0f;
+    }
+    float dq[ATT_MAX_HS / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+        for (int e = 0; e < 4; e++) dq[dt][e] = 0.0f;
+    for (int j0 = 0; j0 < L; j0 += ATT_TC_KC) {
+        att_tc_stage<BF16>(sk, qkv_b + C + h * HS, j0, ATT_TC_KC, L, HS, HP, SP, C3);
+        att_tc_stage<BF16>(sv, qkv_b + 2 * C + h * HS, j0, ATT_TC_KC, L, HS, HP, SP, C3);
+        __syncthreads();  // (also: the queries and dout are staged)
+        float s[4][4], dp[4][4];
+        att_tc_abt<BF16>(s, qw, sk, HP, SP, g, t4);   // S = Q K^T
+        att_tc_abt<BF16>(dp, gw, sv, HP, SP, g, t4);  // dP = dO V^T
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++) {
+                const int j = j0 + nt * 8 + 2 * t4 + (e & 1), r = e >> 1;
+                const float p = j < L ? expf(s[nt][e] * scale - lrow[r]) : 0.0f;
+                tw[(g + 8 * r) * ATT_TC_PS + nt * 8 + 2 * t4 + (e & 1)] = att_tc_round<BF16>(p * (dp[nt][e] - drow[r]) * scale);
+            }
+        __syncwarp(CUDAENC_FULL_MASK);  // the warp's dS tile is written
+        att_tc_pm<BF16>(dq, tw, sk, NT, SP, g, t4);  // dQ += dS K
+        __syncthreads();  // the chunk and the tiles are read; the next chunk overwrites them
+    }
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + w * 16 + g + 8 * r;
+        if (i >= T) continue;
+        float* o = dqkv + ((size_t)b * T + i) * C3 + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+            for (int e = 0; e < 2; e++) {
+                const int d = dt * 8 + 2 * t4 + e;
+                if (dt < NT && d < HS) o[d] = i < L ? dq[dt][2 * r + e] : 0.0f;
+            }
+    }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void attention_backward_dkv_tc(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                          const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                          const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    CUDAENC_DYNAMIC_SHARED(float, smem);
+    constexpr int KS = BF16 ? 16 : 8;
+    const int HS = C / NH, HP = (HS + KS - 1) / KS * KS, SP = HP + 1, C3 = 3 * C, NT = HP / 8;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t4 = lane & 3;
+    const int k0row = blockIdx.x * (ATT_TC_WARPS * 16);  // the block's first key
+    const int L = min((int)lens[b], T);
+    float* sk = smem;                                  // [64][SP] the block's keys
+    float* sv = sk + ATT_TC_WARPS * 16 * SP;           // [64][SP] their values
+    float* sq = sv + ATT_TC_WARPS * 16 * SP;           // [32][SP] query chunk
+    float* sg = sq + ATT_TC_KC * SP;                   // [32][SP] its dout
+    float* sL = sg + ATT_TC_KC * SP;                   // [32] lse of the chunk's queries
+    float* sD = sL + ATT_TC_KC;                        // [32] D of the chunk's queries
+    float* sp = sD + ATT_TC_KC;                        // [4][16][ATT_TC_PS] each warp's P^T
+    float* sds = sp + ATT_TC_WARPS * 16 * ATT_TC_PS;   // [4][16][ATT_TC_PS] each warp's dS^T
+    const float scale = 1.0f / sqrtf((float)HS);
+    const float* qkv_b = qkv + (size_t)b * T * C3;
+    att_tc_stage<BF16>(sk, qkv_b + C + h * HS, k0row, ATT_TC_WARPS * 16, L, HS, HP, SP, C3);
+    att_tc_stage<BF16>(sv, qkv_b + 2 * C + h * HS, k0row, ATT_TC_WARPS * 16, L, HS, HP, SP, C3);
+    const float* kw = sk + w * 16 * SP;
+    const float* vw = sv + w * 16 * SP;
+    float* pw = sp + w * 16 * ATT_TC_PS;
+    float* dsw = sds + w * 16 * ATT_TC_PS;
+    float dk[ATT_MAX_HS / 8][4], dv[ATT_MAX_HS / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+        for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.0f;
+    // keys past L of a live block: their rows stay 0 (written as 0 below); a block wholly
+    // past L still walks the queries (uniform control flow), and writes zeros
+    for (int i0 = 0; i0 < L; i0 += ATT_TC_KC) {
+        att_tc_stage<BF16>(sq, qkv_b + h * HS, i0, ATT_TC_KC, L, HS, HP, SP, C3);
+        att_tc_stage<BF16>(sg, dout + (size_t)b * T * C + h * HS, i0, ATT_TC_KC, L, HS, HP, SP, C);
+        for (int ii = threadIdx.x; ii < ATT_TC_KC; ii += blockDim.x) {
+            const int i = i0 + ii;
+            sL[ii] = i < L ? lse[((size_t)b * NH + h) * T + i] : 0.0f;
+            sD[ii] = i < L ? dqkv[((size_t)b * T + i) * C3 + h * HS] : 0.0f;
+        }
+        __syncthreads();  // (also: the keys and values are staged)
+        float s[4][4], dp[4][4];
+        att_tc_abt<BF16>(s, kw, sq, HP, SP, g, t4);   // S^T = K Q^T
+        att_tc_abt<BF16>(dp, vw, sg, HP, SP, g, t4);  // dP^T = V dO^T
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++) {
+                const int ii = nt * 8 + 2 * t4 + (e & 1), i = i0 + ii;
+                const float p = i < L ? expf(s[nt][e] * scale - sL[ii]) : 0.0f;
+                const int at = (g + 8 * (e >> 1)) * ATT_TC_PS + ii;
+                pw[at] = att_tc_round<BF16>(p);
+                dsw[at] = att_tc_round<BF16>(p * (dp[nt][e] - sD[ii]) * scale);
+            }
+        __syncwarp(CUDAENC_FULL_MASK);  // the warp's P^T and dS^T tiles are written
+        att_tc_pm<BF16>(dv, pw, sg, NT, SP, g, t4);   // dV += P^T dO
+        att_tc_pm<BF16>(dk, dsw, sq, NT, SP, g, t4);  // dK += dS^T Q
+        __syncthreads();  // the chunk and the tiles are read; the next chunk overwrites them
+    }
+    for (int r = 0; r < 2; r++) {
+        const int j = k0row + w * 16 + g + 8 * r;
+        if (j >= T) continue;
+        float* o = dqkv + ((size_t)b * T + j) * C3 + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+            for (int e = 0; e < 2; e++) {
+                const int d = dt * 8 + 2 * t4 + e;
+                if (dt < NT && d < HS) {
+                    o[C + d] = j < L ? dk[dt][2 * r + e] : 0.0f;
+                    o[2 * C + d] = j < L ? dv[dt][2 * r + e] : 0.0f;
+                }
+            }
+    }
+}
+
+// dqkv's k and v blocks <- dout, qkv, lse, lens, and D in the dq slots (attention_backward_delta).
+extern "C" __global__ void attention_backward_dkv_tf32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    attention_backward_dkv_tc<false>(dqkv, dout, qkv, lse, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_backward_dkv_tf32)
+extern "C" __global__ void attention_backward_dkv_bf16(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    attention_backward_dkv_tc<true>(dqkv, dout, qkv, lse, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_backward_dkv_bf16)
+
+// dqkv's q block <- dout, qkv, lse, lens, D (read from the dq slots, then overwritten);
+// after attention_backward_dkv_*.
+extern "C" __global__ void attention_backward_dq_tf32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                      const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                      const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    attention_backward_dq_tc<false>(dqkv, dout, qkv, lse, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_backward_dq_tf32)
+extern "C" __global__ void attention_backward_dq_bf16(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                      const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                      const unsigned* __restrict__ lens, int B, int T, int C, int NH) {
+    attention_backward_dq_tc<true>(dqkv, dout, qkv, lse, lens, B, T, C, NH);
+}
+CUDAENC_REGISTER(attention_backward_dq_bf16)

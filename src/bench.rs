@@ -115,6 +115,8 @@ pub fn cases() -> Vec<(&'static str, Setup)> {
         ("attention_forward bf16 long", |g, s| attention_forward_prec(g, s.long().0, s.long().1, s.c, s.nh, ops::matmul::Precision::Bf16)),
         ("attention_backward", |g, s| attention_backward(g, s.b, s.t, s.c, s.nh)),
         ("attention_backward long", |g, s| attention_backward(g, s.long().0, s.long().1, s.c, s.nh)),
+        ("attention_backward tf32", |g, s| attention_backward_prec(g, s.b, s.t, s.c, s.nh, ops::matmul::Precision::Tf32)),
+        ("attention_backward bf16", |g, s| attention_backward_prec(g, s.b, s.t, s.c, s.nh, ops::matmul::Precision::Bf16)),
         ("meanpool_forward", meanpool_forward),
         ("meanpool_backward", meanpool_backward),
         ("softmax_ce_forward", |g, s| loss_case(g, s.b, Loss::Ce, true)),
@@ -428,9 +430,15 @@ fn attention_forward_prec(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize, pr
 }
 
 fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Result<Case> {
+    attention_backward_prec(gpu, b, t, c, nh, ops::matmul::Precision::Fp32)
+}
+
+/// The backward in a precision (tf32/bf16: the tensor-core kernels), from the same
+/// precision's forward; the same work and bytes as the fp32 row.
+fn attention_backward_prec(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize, prec: ops::matmul::Precision) -> Result<Case> {
     let (qkv, dout, lens) = (rand_buf(gpu, b * t * 3 * c, 1)?, rand_buf(gpu, b * t * c, 2)?, full_lens(gpu, b, t)?);
     let (out, lse, dqkv) = (gpu.zeros::<f32>(b * t * c)?, gpu.zeros::<f32>(b * nh * t)?, gpu.zeros::<f32>(b * t * 3 * c)?);
-    ops::attention::attention_forward(gpu, &out, &lse, &qkv, &lens, b, t, c, nh)?; // real out and lse
+    ops::attention::attention_forward_prec(gpu, prec, &out, &lse, &qkv, &lens, b, t, c, nh)?; // real out and lse
     Ok(Case {
         shape: format!("B={b} T={t} NH={nh} C={c}"),
         // reads dout, qkv, out, lse; writes dqkv (three launches: each input counted once)
@@ -439,7 +447,7 @@ fn attention_backward(gpu: &Gpu, b: usize, t: usize, c: usize, nh: usize) -> Res
         // useful work (the dk/dv and dq passes each recompute s and dp on top of this)
         flops: 10.0 * (b * t * t * c) as f64,
         na: false,
-        run: Box::new(move |g| ops::attention::attention_backward(g, &dqkv, &dout, &qkv, &out, &lse, &lens, b, t, c, nh)),
+        run: Box::new(move |g| ops::attention::attention_backward_prec(g, prec, &dqkv, &dout, &qkv, &out, &lse, &lens, b, t, c, nh)),
     })
 }
 

@@ -29,8 +29,9 @@ use cudaenc::rng::SplitMix64;
 const TOL_LSE: f64 = 1e-5;
 const TOL_OUT: f64 = 5e-5;
 const TOL_BWD: f64 = 1e-4;
-/// The tensor-core backward's tolerance in units of the precision's u (see the test).
-const TOL_TC_BWD: f64 = 40.0;
+/// The tensor-core backward's tolerance: max |error| of dqkv over u max |dqkv| (normwise;
+/// measured at most 0.73 in tf32, 1.72 in bf16; see the test).
+const TOL_TC_BWD: f64 = 4.0;
 
 struct Shape {
     b: usize,
@@ -187,7 +188,10 @@ fn attention_rejects_wrong_shapes() {
 /// rounding of each p before P V (at most u = 2^-11 of p in tf32, 2^-9 in bf16) and f32
 /// accumulation: out_i = sum_j p_ij v_j / l_i is a convex combination of the v_j, so its
 /// error is at most u max|v| (absolute, every element; the test's bound), and
-/// lse (taken over the unrounded p) 1e-5 relative. Padded rows exactly 0, reruns
+/// lse (taken over the unrounded p) 1e-5 relative. The backward (`attention_backward_prec`:
+/// D in f32, dk, dv, dq on the tensor cores) against the f64 reference backward on the
+/// rounded q, k, v and dout from the kernel forward's own out and lse: what is left is the
+/// rounding of P and dS before their products, within 4 u max|dqkv| (normwise). Padded rows exactly 0, reruns
 /// bit-identical; both fiber orders on emu. (The default relative check with its floor of
 /// 1% of the largest |out| is the wrong yardstick here: out is ~T^-1/2 the size of v.)
 #[test]
@@ -210,8 +214,7 @@ fn attention_tensor_core_forward_matches_rounded_reference() {
                 let (mut out_r, mut lse_r) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
                 reference::attention_forward(&mut out_r, &mut lse_r, &to_f64(&rounded), s.lens, b, t, c, nh);
                 let dout = to_f32(&rng.normal_vec(b * t * c, 1.0));
-                let mut dqkv_r = vec![0.0; b * t * 3 * c];
-                reference::attention_backward(&mut dqkv_r, &to_f64(&dout), &to_f64(&rounded), &out_r, &lse_r, s.lens, b, t, c, nh);
+                let dout_rounded: Vec<f32> = dout.iter().map(|&x| round(x)).collect();
                 // the forward, then its backward (attention_backward_prec) from the forward's out and lse
                 let run = || -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
                     let (d_qkv, d_lens, d_dout) = (gpu.upload(&qkv)?, gpu.upload(s.lens)?, gpu.upload(&dout)?);
@@ -245,7 +248,21 @@ fn attention_tensor_core_forward_matches_rounded_reference() {
                     failures.push(format!("{dev} B={b} T={t} C={c} NH={nh}: out max abs err {worst:.2e} > u max|v| = {tol:.2e}"));
                 }
                 failures.extend(check("lse", &dev, s, &lse, &lse_r, TOL_LSE));
-                failures.extend(check("dqkv", &dev, s, &dqkv, &dqkv_r, TOL_TC_BWD * u));
+                // the backward alone: the f64 reference backward on the rounded q, k, v and
+                // dout, from the kernel forward's own out and lse (D = dout . out as the
+                // kernels take it); left: the rounding of P and dS before their products
+                let mut dqkv_r = vec![0.0; b * t * 3 * c];
+                reference::attention_backward(&mut dqkv_r, &to_f64(&dout_rounded), &to_f64(&rounded), &to_f64(&out), &to_f64(&lse), s.lens, b, t, c, nh);
+                // normwise: P and dS are rounded (relative u) before sums whose terms can
+                // cancel, so an element's error scales with the size of its terms, not its
+                // own; measured against the largest |dqkv| in units of u
+                let big = dqkv_r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let worst = dqkv.iter().zip(&dqkv_r).map(|(&g, &r)| if g.is_nan() { f64::INFINITY } else { (g as f64 - r).abs() }).fold(0.0f64, f64::max);
+                let ratio = if big > 0.0 { worst / (u * big) } else if worst == 0.0 { 0.0 } else { f64::INFINITY };
+                println!("  {dev:<16} B={b} T={t:<3} C={c:<3} NH={nh} dqkv  max abs err {worst:.2e} = {ratio:.2} u max|dqkv| (tol {TOL_TC_BWD})");
+                if ratio > TOL_TC_BWD {
+                    failures.push(format!("{dev} B={b} T={t} C={c} NH={nh}: dqkv max abs err {worst:.2e} = {ratio:.2} u max|dqkv| > {TOL_TC_BWD}"));
+                }
                 for bi in 0..b {
                     let len = (s.lens[bi] as usize).min(t);
                     if out[(bi * t + len) * c..(bi + 1) * t * c].iter().any(|&x| x != 0.0) {

@@ -120,10 +120,12 @@ pub fn attention_backward(
     attention_backward_prec(gpu, Precision::Fp32, dqkv, dout, qkv, out, lse, lens, b, t, c, nh)
 }
 
-/// The backward of [`attention_forward_prec`]: the same three kernels (f32 SIMT), with q, k
-/// and v read as the tensor-core forward rounded them (tf32 / bf16; fp32: as they are),
-/// so the scores and probabilities it recomputes are the forward's (the operands' rounding
-/// passed straight through, as for the linear layers).
+/// The backward of [`attention_forward_prec`]: fp32 the three f32 kernels; tf32 and bf16
+/// D_i = dout_i . out_i in f32 over dout rounded to the precision (`attention_backward_delta`,
+/// as the tensor-core kernels see dout), then dk, dv and dq on the
+/// tensor cores (`attention_backward_dkv_{tf32,bf16}`, `attention_backward_dq_*`: q, k,
+/// v, dout and the probabilities rounded to the precision, f32 accumulation). No atomics:
+/// bit-identical reruns.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_prec(
     gpu: &Gpu,
@@ -152,15 +154,31 @@ pub fn attention_backward_prec(
     let grid = (ceil_div(t, WARPS) as u32, nh as u32, b as u32);
     let block = (WARPS * 32) as u32;
     let sizes: [Arg; 4] = [b.into(), t.into(), c.into(), nh.into()];
-    let delta: [Arg; 8] = [dqkv.arg(), dout.arg(), out.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
     let mode: i32 = match prec {
         Precision::Fp32 => 0,
         Precision::Tf32 => 1,
         Precision::Bf16 => 2,
     };
-    let args: [Arg; 10] =
-        [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3], mode.into()];
+    let delta: [Arg; 9] = [dqkv.arg(), dout.arg(), out.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3], mode.into()];
     gpu.launch("attention_backward_delta", grid, block, 0, &delta)?;
+    let tc = match prec {
+        Precision::Fp32 => None,
+        Precision::Tf32 => Some(("attention_backward_dkv_tf32", "attention_backward_dq_tf32", 8)),
+        Precision::Bf16 => Some(("attention_backward_dkv_bf16", "attention_backward_dq_bf16", 16)),
+    };
+    if let Some((dkv, dq, k)) = tc {
+        // tensor cores: 4 warps of 16 keys (or queries) a block
+        let sp = ceil_div(hs, k) * k + 1;
+        let shared_dq = shared_bytes(2 * TC_QUERIES * sp + 2 * TC_KC * sp + TC_QUERIES * TC_PS);
+        let shared_dkv = shared_bytes(2 * TC_QUERIES * sp + 2 * TC_KC * sp + 2 * TC_KC + 2 * TC_QUERIES * TC_PS);
+        let grid = (ceil_div(t, TC_QUERIES) as u32, nh as u32, b as u32);
+        let block = (TC_QUERIES / 16 * 32) as u32;
+        let args: [Arg; 9] = [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
+        gpu.launch(dkv, grid, block, shared_dkv, &args)?;
+        return gpu.launch(dq, grid, block, shared_dq, &args);
+    }
+    let args: [Arg; 9] =
+        [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
     gpu.launch("attention_backward_dkv", grid, block, shared_dkv, &args)?;
     gpu.launch("attention_backward_dq", grid, block, shared_dq, &args)
 }
