@@ -638,6 +638,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(float* __restrict__ dq
     float dk[ATT_MAX_HS / 8][4], dv[ATT_MAX_HS / 8][4];
 #pragma unroll
     for (int dt = 0; dt < ATT_MAX_HS / 8; dt++)
+#pragma unroll
         for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.0f;
     // keys past L of a live block: their rows stay 0 (written as 0 below); a block wholly
     // past L still walks the queries (uniform control flow), and writes zeros
@@ -667,6 +668,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(float* __restrict__ dq
         att_tc_pm<BF16>(dk, dsw, sq, NT, SP, g, t4);  // dK += dS^T Q
         __syncthreads();  // the chunk and the tiles are read; the next chunk overwrites them
     }
+#pragma unroll
     for (int r = 0; r < 2; r++) {
         const int j = k0row + w * 16 + g + 8 * r;
         if (j >= T) continue;
