@@ -171,6 +171,23 @@ fn resume_accepts_only_the_same_run() {
     assert_eq!(metrics_without_timing(&dir).len(), 2);
 }
 
+/// `--cuda-graphs` (on emu) is recorded in config.json and is part of the run: it rounds
+/// the training batches' lengths, so a resume must repeat it, and one without it is refused
+/// by name; with it the run resumes.
+#[test]
+fn resume_requires_the_same_cuda_graphs_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let emu = ["--device", "emu", "--cuda-graphs"];
+    killed(&train(&dir, &emu, Some("after-checkpoint-1")));
+    let config: serde_json::Value = serde_json::from_slice(&read(dir.join("config.json"))).unwrap();
+    assert_eq!(config["hyper"]["cuda_graphs"], serde_json::json!(true), "config.json records --cuda-graphs");
+    let e = fails(&train(&dir, &["--device", "emu", "--resume"], None));
+    assert!(e.contains("--cuda-graphs") && e.contains("differ"), "{e}");
+    ok(&train(&dir, &["--device", "emu", "--cuda-graphs", "--resume"], None));
+    assert_eq!(metrics_without_timing(&dir).len(), 2);
+}
+
 /// Kill at each point of an epoch's end (metrics renamed, checkpoint renamed), resume,
 /// and end with the files of an uninterrupted run: the checkpoint byte for byte, the
 /// metrics without their timings. A full disk at either write leaves a folder that
