@@ -148,24 +148,17 @@ pub fn attention_backward_prec(
     if b == 0 || t == 0 || c == 0 {
         return Ok(());
     }
-    let s = stride(hs);
-    let shared_dkv = shared_bytes(2 * CHUNK * s + 2 * CHUNK + 2 * WARPS * hs + 2 * WARPS * CHUNK);
-    let shared_dq = shared_bytes(2 * CHUNK * s + 2 * WARPS * hs + WARPS * CHUNK);
     let grid = (ceil_div(t, WARPS) as u32, nh as u32, b as u32);
     let block = (WARPS * 32) as u32;
     let sizes: [Arg; 4] = [b.into(), t.into(), c.into(), nh.into()];
-    let mode: i32 = match prec {
-        Precision::Fp32 => 0,
-        Precision::Tf32 => 1,
-        Precision::Bf16 => 2,
+    // the delta kernel's mode (how it reads dout) and the tensor-core pair, if any
+    let (mode, tc): (i32, _) = match prec {
+        Precision::Fp32 => (0, None),
+        Precision::Tf32 => (1, Some(("attention_backward_dkv_tf32", "attention_backward_dq_tf32", 8))),
+        Precision::Bf16 => (2, Some(("attention_backward_dkv_bf16", "attention_backward_dq_bf16", 16))),
     };
     let delta: [Arg; 9] = [dqkv.arg(), dout.arg(), out.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3], mode.into()];
     gpu.launch("attention_backward_delta", grid, block, 0, &delta)?;
-    let tc = match prec {
-        Precision::Fp32 => None,
-        Precision::Tf32 => Some(("attention_backward_dkv_tf32", "attention_backward_dq_tf32", 8)),
-        Precision::Bf16 => Some(("attention_backward_dkv_bf16", "attention_backward_dq_bf16", 16)),
-    };
     if let Some((dkv, dq, k)) = tc {
         // tensor cores: 4 warps of 16 keys (or queries) a block
         let sp = ceil_div(hs, k) * k + 1;
@@ -177,6 +170,9 @@ pub fn attention_backward_prec(
         gpu.launch(dkv, grid, block, shared_dkv, &args)?;
         return gpu.launch(dq, grid, block, shared_dq, &args);
     }
+    let s = stride(hs);
+    let shared_dkv = shared_bytes(2 * CHUNK * s + 2 * CHUNK + 2 * WARPS * hs + 2 * WARPS * CHUNK);
+    let shared_dq = shared_bytes(2 * CHUNK * s + 2 * WARPS * hs + WARPS * CHUNK);
     let args: [Arg; 9] =
         [dqkv.arg(), dout.arg(), qkv.arg(), lse.arg(), lens.arg(), sizes[0], sizes[1], sizes[2], sizes[3]];
     gpu.launch("attention_backward_dkv", grid, block, shared_dkv, &args)?;

@@ -8,8 +8,9 @@ use super::{elementwise_grid, ELEMENTWISE_THREADS};
 use crate::device::{Arg, DeviceSlice, Gpu};
 use anyhow::{ensure, Result};
 
-/// The kept values' scale, rounded from f64 exactly as the f32 reference does.
-fn scale(p: f32) -> f32 {
+/// The kept values' scale, rounded from f64 exactly as the f32 reference does (also what
+/// the kernels that fuse a dropout are given: layer norm's, the embedding's).
+pub(crate) fn dropout_scale(p: f32) -> f32 {
     if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 }
 }
 
@@ -21,7 +22,7 @@ fn launch(gpu: &Gpu, name: &str, out: &impl DeviceSlice<f32>, inp: &impl DeviceS
     if n == 0 {
         return Ok(());
     }
-    let args: [Arg; 6] = [out.arg(), inp.arg(), seed.arg(), p.into(), scale(p).into(), n.into()];
+    let args: [Arg; 6] = [out.arg(), inp.arg(), seed.arg(), p.into(), dropout_scale(p).into(), n.into()];
     gpu.launch(name, elementwise_grid(n), ELEMENTWISE_THREADS, 0, &args)
 }
 

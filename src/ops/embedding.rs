@@ -48,7 +48,7 @@ pub fn embedding_dropout_forward(
         return Ok(());
     }
     let v = wte.len() / c;
-    let scale = if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 }; // as dropout's launcher
+    let scale = super::dropout::dropout_scale(p);
     let args: [Arg; 9] = [out.arg(), ids.arg(), wte.arg(), seed.arg(), p.into(), scale.into(), n.into(), c.into(), v.into()];
     gpu.launch(what, super::elementwise_grid(n * c), super::ELEMENTWISE_THREADS, 0, &args)
 }

@@ -2,6 +2,7 @@
 //! it fused in); reference: `crate::reference::layernorm`.
 
 use crate::device::{ceil_div, Arg, DeviceSlice, Gpu};
+use crate::ops::dropout::dropout_scale;
 use anyhow::{ensure, Result};
 
 /// Row split of dweight/dbias: about this many column-chunk blocks (~3x the 132 SMs of
@@ -156,10 +157,6 @@ pub fn residual_layernorm_backward(
     backward_launch(gpu, what, &[dres.arg(), dbranch.arg()], dweight, dbias, scratch, dout, inp, weight, mean, rstd, &dropout, n, c)
 }
 
-/// The kept values' scale, rounded from f64 as dropout's launcher and the reference do.
-fn dropout_scale(p: f32) -> f32 {
-    if p <= 0.0 { 1.0 } else { (1.0 / (1.0 - p as f64)) as f32 }
-}
 
 /// Launch `name` (layernorm_backward or residual_layernorm_backward) with its leading
 /// gradient outputs `grads` (dinp, or dres and dbranch) and the dropout arguments (none,
