@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{with_avx512, Float};
+use super::{with_simd, Float};
 
 /// params (N), m (N), v (N) updated in place  <-  grads (N). `t` is the 1-based step.
 /// The bias corrections `(1 - beta1^t, 1 - beta2^t)` of step `t`, computed in f64 from
@@ -38,9 +38,9 @@ pub fn adamw_update<T: Float>(
     let (b1, b2) = (T::of(beta1 as f64), T::of(beta2 as f64));
     let (lr, eps, wd, gs) = (T::of(lr as f64), T::of(eps as f64), T::of(weight_decay as f64), T::of(grad_scale as f64));
     let k = Consts { bc1, bc2, b1, b2, lr, eps, wd, gs };
-    // elementwise: the same bits whatever the split (and with or without AVX-512)
+    // elementwise: the same bits whatever the split (and with AVX-512, AVX2 or neither)
     params.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).zip(grads.par_chunks(CHUNK)).for_each(|(((p, m), v), g)| {
-        with_avx512(adamw_chunk, (p, m, v, g, k));
+        with_simd(adamw_chunk, (p, m, v, g, k));
     });
 }
 
@@ -112,9 +112,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parallel_avx512_update_gives_the_plain_loops_bits() {
-        // adamw_update (rayon chunks, AVX-512 where the CPU has it) against one plain
-        // call of the chunk body over the whole buffer: identical bits.
+    fn parallel_vector_update_gives_the_plain_loops_bits() {
+        // adamw_update (rayon chunks, compiled for the widest lanes the CPU has) and the
+        // chunk body compiled for AVX-512 and for AVX2 with FMA, against one plain call
+        // of the chunk body over the whole buffer: identical bits.
         let n = 3 * CHUNK + 17;
         let mut rng = crate::reference::gradcheck::SplitMix64::new(8);
         let f32s = |rng: &mut crate::reference::gradcheck::SplitMix64, s: f64| rng.normal_vec(n, s).iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -124,13 +125,18 @@ mod tests {
         adamw_update(&mut p, &mut m, &mut v, &g, 1e-3, 0.9, 0.999, 1e-8, 0.1, 0.5, 7);
         let (bc1, bc2) = adamw_bias_corrections(0.9, 0.999, 7);
         let k = Consts { bc1: bc1 as f32, bc2: bc2 as f32, b1: 0.9, b2: 0.999, lr: 1e-3, eps: 1e-8, wd: 0.1, gs: 0.5 };
-        let (mut p2, mut m2, mut v2) = (p0.clone(), m0, v0);
+        let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
         adamw_chunk((&mut p2, &mut m2, &mut v2, &g, k));
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&p), bits(&p2));
         assert_eq!(bits(&m), bits(&m2));
         assert_eq!(bits(&v), bits(&v2));
         assert_ne!(bits(&p), bits(&p0), "the update moved the parameters");
+        for lanes in [Some(crate::reference::Simd::Avx512), Some(crate::reference::Simd::Avx2)] {
+            let (mut p3, mut m3, mut v3) = (p0.clone(), m0.clone(), v0.clone());
+            crate::reference::with_lanes(lanes, adamw_chunk, (&mut p3, &mut m3, &mut v3, &g, k));
+            assert_eq!((bits(&p3), bits(&m3), bits(&v3)), (bits(&p2), bits(&m2), bits(&v2)), "{lanes:?}");
+        }
     }
 
     /// Independent scalar re-derivation over several steps.

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{with_avx512, Float};
+use super::{with_simd, Float};
 
 /// Elements per rayon task (elementwise ops: results do not depend on the split).
 const CHUNK: usize = 1 << 14;
@@ -13,7 +13,7 @@ const GELU_SCALE: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 /// out (N)  <-  inp (N)   (N = any number of elements, e.g. B * T * F).
 pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T]) {
     assert_eq!(out.len(), inp.len());
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| with_avx512(gelu_forward_chunk, (out, inp)));
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| with_simd(gelu_forward_chunk, (out, inp)));
 }
 
 #[inline(always)]
@@ -32,7 +32,7 @@ pub fn gelu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|((dinp, dout), inp)| with_avx512(gelu_backward_chunk, (dinp, dout, inp)));
+        .for_each(|((dinp, dout), inp)| with_simd(gelu_backward_chunk, (dinp, dout, inp)));
 }
 
 #[inline(always)]
@@ -73,18 +73,23 @@ mod tests {
     }
 
     #[test]
-    fn avx512_build_gives_the_plain_bits() {
-        // with_avx512 (AVX-512 code where the CPU has it) against the same loop called
-        // directly (the default target's code): identical bits, forward and backward.
+    fn vector_builds_give_the_plain_bits() {
+        // The loops compiled for AVX-512 and for AVX2 with FMA (each where the CPU has
+        // it; as is otherwise) against the same loops called directly (the default
+        // target's code): identical bits, forward and backward.
+        use crate::reference::{with_lanes, Simd};
         let inp: Vec<f32> = SplitMix64::new(4).normal_vec(10_001, 3.0).iter().map(|&x| x as f32).collect();
         let dout: Vec<f32> = SplitMix64::new(5).normal_vec(10_001, 1.0).iter().map(|&x| x as f32).collect();
-        let (mut a, mut b) = (vec![0f32; inp.len()], vec![0f32; inp.len()]);
-        gelu_forward_chunk((&mut a, &inp));
-        with_avx512(gelu_forward_chunk, (&mut b, &inp[..]));
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "forward");
-        gelu_backward_chunk((&mut a, &dout, &inp));
-        with_avx512(gelu_backward_chunk, (&mut b, &dout[..], &inp[..]));
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "backward");
+        let (mut fwd, mut bwd) = (vec![0f32; inp.len()], vec![0f32; inp.len()]);
+        gelu_forward_chunk((&mut fwd, &inp));
+        gelu_backward_chunk((&mut bwd, &dout, &inp));
+        for lanes in [Some(Simd::Avx512), Some(Simd::Avx2)] {
+            let mut b = vec![0f32; inp.len()];
+            with_lanes(lanes, gelu_forward_chunk, (&mut b, &inp[..]));
+            assert!(fwd.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{lanes:?} forward");
+            with_lanes(lanes, gelu_backward_chunk, (&mut b, &dout[..], &inp[..]));
+            assert!(bwd.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{lanes:?} backward");
+        }
     }
 
     #[test]

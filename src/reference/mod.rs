@@ -165,27 +165,76 @@ pub(crate) fn pow2_of_rounded(rounded: f32) -> f32 {
     f32::from_bits((n.wrapping_add(127) << 23) as u32)
 }
 
-/// `f(args)` compiled for AVX-512 (F, DQ, VL, BW) when the CPU has it, as is otherwise:
-/// for the elementwise loops of the `cpu` device, which the default x86-64 target
-/// vectorizes only 4 lanes wide (and the dropout hash's 64-bit multiplies not at all).
-/// `f` is best a function marked `#[inline(always)]`: LLVM may leave a large closure
-/// un-inlined, and then it runs without AVX-512. The results are the same bits either
-/// way: Rust never contracts a multiply and an add or reorders a float sum by itself, and
+/// `f(args)` compiled for AVX-512 (F, DQ, VL, BW) when the CPU has it, else for AVX2 with
+/// FMA when it has those, else as is: for the elementwise loops of the `cpu` device,
+/// which the default x86-64 target vectorizes only 4 lanes wide (and the dropout hash's
+/// 64-bit multiplies not at all). `f` is best a function marked `#[inline(always)]`: LLVM
+/// may leave a large closure un-inlined, and then it runs without the wider lanes. The
+/// results are the same bits every way: Rust never contracts a multiply and an add or
+/// reorders a float sum by itself, `mul_add` is one rounding with or without FMA, and
 /// integer arithmetic is exact.
 #[inline(always)]
-pub(crate) fn with_avx512<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+pub(crate) fn with_simd<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+    with_lanes(simd(), f, args)
+}
+
+/// The vector extensions the `cpu` device's fast paths are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Simd {
+    /// AVX-512 F, DQ, VL and BW: 16 f32 lanes.
+    Avx512,
+    /// AVX2 with FMA: 8 f32 lanes.
+    Avx2,
+}
+
+/// The widest of [`Simd`] this CPU has, AVX-512 first; None on other CPUs.
+pub(crate) fn simd() -> Option<Simd> {
+    if has_avx512() {
+        Some(Simd::Avx512)
+    } else if has_avx2_fma() {
+        Some(Simd::Avx2)
+    } else {
+        None
+    }
+}
+
+/// `f(args)` compiled for `lanes` (as is for None, or for lanes this CPU does not have):
+/// [`with_simd`] with a choice, so the tests can hold each build to the plain one.
+#[inline(always)]
+pub(crate) fn with_lanes<A, R>(lanes: Option<Simd>, f: impl FnOnce(A) -> R, args: A) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
-        fn run<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+        fn run512<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
             f(args)
         }
-        if has_avx512() {
-            // SAFETY: the CPU has the features `run` is compiled for.
-            return unsafe { run(f, args) };
+        #[target_feature(enable = "avx2,fma")]
+        fn run256<A, R>(f: impl FnOnce(A) -> R, args: A) -> R {
+            f(args)
+        }
+        match lanes {
+            // SAFETY: the CPU has the features `run512` is compiled for.
+            Some(Simd::Avx512) if has_avx512() => return unsafe { run512(f, args) },
+            // SAFETY: the CPU has the features `run256` is compiled for.
+            Some(Simd::Avx2) if has_avx2_fma() => return unsafe { run256(f, args) },
+            _ => {}
         }
     }
+    let _ = lanes;
     f(args)
+}
+
+/// Whether this CPU has AVX2 and FMA (every x86-64 CPU since Haswell and Zen 1); the
+/// `cpu` device's fast paths take them where AVX-512 is missing. False off x86-64.
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether this CPU has the AVX-512 subsets the `cpu` device's fast paths are compiled
