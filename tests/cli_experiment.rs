@@ -79,6 +79,21 @@ fn experiment_runs_reproduce_with_train_and_resume() {
     assert!(!stale.exists() && bytes(&out.join("my-notes.txt")) == b"mine");
     let temps: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp.")).collect();
     assert!(temps.is_empty(), "temporary files left: {temps:?}");
+    // the report of a resumed experiment does not pass this invocation's time off as the
+    // experiment's: it names it, and sums the training steps of every epoch of every run
+    // as their metrics.jsonl recorded them (run 1's first epoch ran in the killed process)
+    let report = String::from_utf8(bytes(&out.join("report.md"))).unwrap();
+    assert!(report.contains("time of this invocation") && !report.contains("total time"), "{report}");
+    let results: serde_json::Value = serde_json::from_slice(&bytes(&out.join("results.json"))).unwrap();
+    assert_eq!(results["resumed"], true);
+    let recorded: f64 = ["bce-seed4", "bce-seed5"]
+        .iter()
+        .flat_map(|d| String::from_utf8(bytes(&out.join(d).join("metrics.jsonl"))).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()["train_seconds"].as_f64().unwrap())
+        .sum();
+    let summed = results["train_seconds"].as_f64().unwrap();
+    assert!(recorded > 0.0 && (summed - recorded).abs() <= 1e-9 * recorded, "train_seconds {summed} against {recorded} in metrics.jsonl");
+    assert!(report.contains(&format!("training steps of all runs and epochs {recorded:.1} s")), "{report}");
 
     // each run folder is what `train` gives with the same flags and that run's seed
     for seed in ["4", "5"] {

@@ -150,13 +150,17 @@ fn write_report(
     let test = pick(&|r| r.last().and_then(|e| e.test_acc));
     let mut md = String::new();
     let _ = writeln!(md, "# cudaenc experiment\n");
-    let _ = writeln!(
-        md,
-        "{} runs per loss, {} epochs, device {device}, data {source}, total time {:.1} s.\n",
-        args.runs,
-        h.epochs,
-        seconds
-    );
+    // the training steps' time of every epoch of every run, whichever invocation ran it
+    let train_seconds: f64 = results.iter().flat_map(|(_, rs)| rs).flat_map(|r| &r.epochs).map(|e| e.train_seconds).sum();
+    let time = if args.resume {
+        format!(
+            "time of this invocation {seconds:.1} s (it resumed an earlier one, whose time is not in it); \
+             training steps of all runs and epochs {train_seconds:.1} s"
+        )
+    } else {
+        format!("total time {seconds:.1} s (training steps {train_seconds:.1} s)")
+    };
+    let _ = writeln!(md, "{} runs per loss, {} epochs, device {device}, data {source}, {time}.\n", args.runs, h.epochs);
     let _ = writeln!(
         md,
         "Model: width {}, {} layers, {} heads, FFN {}, dropout {}, token drop {}{}, type drop {}, max len {}, batch {}, lr {}, weight decay {}, label smoothing {}, EMA {}.\n",
@@ -226,7 +230,10 @@ fn write_report(
         .iter()
         .filter_map(|(l, rs)| {
             rs.iter()
-                .max_by(|a, b| a.last().map(|e| e.val_acc).partial_cmp(&b.last().map(|e| e.val_acc)).unwrap())
+                .max_by(|a, b| {
+                    let acc = |r: &RunRecord| r.last().map_or(f64::NEG_INFINITY, |e| e.val_acc);
+                    acc(a).total_cmp(&acc(b))
+                })
                 .map(|r| (format!("{} seed {}", l.name().to_uppercase(), r.seed), r))
         })
         .collect();
@@ -236,6 +243,8 @@ fn write_report(
         "device": device,
         "data": source,
         "seconds": seconds,
+        "resumed": args.resume,
+        "train_seconds": train_seconds,
         "hyper": h,
         "runs": results.iter().map(|(_, rs)| rs).collect::<Vec<_>>(),
     });
