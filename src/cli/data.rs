@@ -52,6 +52,10 @@ pub struct Args {
     /// Histogram upper limit (longer reviews share the last bin).
     #[arg(long, default_value_t = 1024)]
     pub hist_max: usize,
+    /// Every review as its distinct token ids, as `train --dedup` feeds them: the
+    /// lengths, the histogram and the padding are those of the deduplicated reviews.
+    #[arg(long)]
+    pub dedup: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -92,6 +96,14 @@ pub fn run(args: Args) -> Result<()> {
 /// The statistics report for a loaded data set (also usable for the demo corpus).
 pub fn report(ds: &Dataset, args: &Args) -> String {
     let mut o = String::new();
+    let deduplicated;
+    let ds = if args.dedup {
+        deduplicated = Dataset { train: ds.train.distinct(), test: ds.test.distinct(), ..ds.clone() };
+        let _ = writeln!(o, "\n--dedup: every review as its distinct token ids, as `train --dedup` feeds them");
+        &deduplicated
+    } else {
+        ds
+    };
     let rep = &ds.info.report;
     let _ = writeln!(o, "\nreviews (neg / pos):");
     for p in Part::ALL {
